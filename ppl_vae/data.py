@@ -1,0 +1,630 @@
+"""Datasets, the checks that guard them, and the probabilistic-PCA closed forms.
+
+Every loader returns a :class:`Dataset` of flattened float32 CPU tensors. Built-in names
+live in :data:`DATASETS`; :func:`load_dataset` also accepts a path to a ``.npz`` or
+``.npy`` file. MNIST and Fashion-MNIST are read from torchvision's folder layout by a
+small IDX reader here, so that reading files never needs torchvision (whose import can
+fail on a CPU-only torch); torchvision is only asked to download, and only on request.
+
+Probabilistic PCA (Tipping & Bishop, 1999) is the linear-Gaussian model
+``z ~ N(0, I_q)``, ``x | z ~ N(W z + mu, sigma^2 I_D)``, whose marginal
+``x ~ N(mu, W W^T + sigma^2 I_D)`` and maximum-likelihood fit are known in closed form:
+the reference a linear-Gaussian VAE is checked against.
+"""
+
+import gzip
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ppl_vae.device import resolve_device
+from ppl_vae.errors import DataError
+
+DEFAULT_DATA_DIR = "data"
+ARRAY_SUFFIXES = (".npz", ".npy")
+SUPPORTS = ("real", "unit")
+
+# Size of the built-in "ppca" data set: small enough for CPU tests, large enough that the
+# MLE is close to the truth.
+PPCA_DEFAULTS = {"num_data": 2000, "data_dim": 10, "latent_dim": 2, "noise_std": 0.5}
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A train/test pair of flattened examples, with optional integer labels.
+
+    Attributes
+    ----------
+    name : str
+        The name or path it was loaded from; ``load_dataset(ds.name)`` loads it again.
+    x_train, x_test : torch.Tensor
+        Shapes ``(N_train, D)`` and ``(N_test, D)``, float32.
+    y_train, y_test : torch.Tensor or None
+        Shapes ``(N_train,)`` and ``(N_test,)``, int64 class labels; None without labels.
+    image_shape : tuple of int or None
+        Shape of one example before flattening, e.g. ``(28, 28)``; None for non-image data.
+    """
+
+    name: str
+    x_train: torch.Tensor
+    x_test: torch.Tensor
+    y_train: torch.Tensor | None
+    y_test: torch.Tensor | None
+    image_shape: tuple[int, ...] | None
+
+    def __post_init__(self):
+        if self.x_train.ndim != 2 or self.x_test.ndim != 2:
+            raise DataError(
+                f"{self.name}: x_train and x_test must be (N, D); got "
+                f"{tuple(self.x_train.shape)} and {tuple(self.x_test.shape)}"
+            )
+        if self.x_train.shape[1] != self.x_test.shape[1]:
+            raise DataError(
+                f"{self.name}: x_train has {self.x_train.shape[1]} features but x_test has "
+                f"{self.x_test.shape[1]}"
+            )
+        if (self.y_train is None) != (self.y_test is None):
+            raise DataError(f"{self.name}: give labels for both train and test, or for neither")
+        for x, y, part in (
+            (self.x_train, self.y_train, "train"),
+            (self.x_test, self.y_test, "test"),
+        ):
+            if y is not None and tuple(y.shape) != (len(x),):
+                raise DataError(
+                    f"{self.name}: y_{part} must have shape ({len(x)},); got {tuple(y.shape)}"
+                )
+        if self.image_shape is not None and math.prod(self.image_shape) != self.data_dim:
+            raise DataError(
+                f"{self.name}: image_shape {self.image_shape} does not hold {self.data_dim} values"
+            )
+
+    @property
+    def data_dim(self) -> int:
+        """D, the number of features of one flattened example."""
+        return int(self.x_train.shape[1])
+
+    @property
+    def num_classes(self) -> int | None:
+        """One more than the largest label (train or test); None without labels."""
+        if self.y_train is None:
+            return None
+        labels = torch.cat([self.y_train, self.y_test])
+        return int(labels.max()) + 1 if len(labels) else 0
+
+    def to(self, device="auto") -> "Dataset":
+        """The same data with every tensor on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``)."""
+        dev = resolve_device(device)
+
+        def move(t):
+            return None if t is None else t.to(dev)
+
+        return replace(
+            self,
+            x_train=move(self.x_train),
+            x_test=move(self.x_test),
+            y_train=move(self.y_train),
+            y_test=move(self.y_test),
+        )
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def _shape_text(shape) -> str:
+    # Writes the batch dimension as N so that the message compares like with like.
+    if len(shape) == 0:
+        return "a scalar"
+    if len(shape) == 1:
+        return f"a 1-D tensor of shape ({shape[0]},)"
+    return "(" + ", ".join(["N", *(str(s) for s in shape[1:])]) + ")"
+
+
+def check_data(
+    x: torch.Tensor, *, support: str, name: str = "data", data_dim: int | None = None
+) -> None:
+    """Raise :class:`DataError` with one line if ``x`` cannot be used as a data set.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Shape ``(N, D)``: N flattened examples.
+    support : {"real", "unit"}
+        The likelihood's support: any finite value, or values in [0, 1]
+        (Bernoulli-type likelihoods).
+    name : str
+        What to call ``x`` in the message (e.g. ``"x_train"`` or a file name).
+    data_dim : int, optional
+        The number of features D the model expects.
+
+    Raises
+    ------
+    DataError
+        For an empty set, a shape other than ``(N, data_dim)``, NaN or inf values, or
+        values outside [0, 1] when ``support == "unit"``.
+    """
+    if support not in SUPPORTS:
+        raise ValueError(f"support must be one of {SUPPORTS}; got {support!r}")
+    if not isinstance(x, torch.Tensor):
+        raise DataError(f"{name}: expected a torch.Tensor; got {type(x).__name__}")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise DataError(f"{name}: expected real numbers; got dtype {x.dtype}")
+    want = f"(N, {data_dim if data_dim is not None else 'D'})"
+    if x.ndim != 2:
+        hint = "; flatten each example first" if x.ndim > 2 else ""
+        raise DataError(f"{name}: expected data of shape {want}; got {_shape_text(x.shape)}{hint}")
+    if x.numel() == 0:
+        raise DataError(
+            f"{name}: empty data set (shape {tuple(x.shape)}); need at least one example"
+        )
+    if data_dim is not None and x.shape[1] != data_dim:
+        raise DataError(f"{name}: expected data of shape {want}; got {_shape_text(x.shape)}")
+    if not x.is_floating_point():
+        x = x.double()
+    nonfinite = ~torch.isfinite(x)
+    if nonfinite.any():
+        n_nan = int(torch.isnan(x).sum())
+        n_inf = int(nonfinite.sum()) - n_nan
+        row, col = (int(i) for i in nonfinite.nonzero()[0])
+        raise DataError(
+            f"{name}: {n_nan} NaN and {n_inf} inf values; the first is at row {row}, "
+            f"column {col} (value {x[row, col].item()})"
+        )
+    if support == "unit":
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0 or hi > 1:
+            raise DataError(
+                f"{name}: this likelihood needs values in [0, 1] but they range from {lo:g} "
+                f"to {hi:g}; for real-valued data choose a likelihood for real values, "
+                "e.g. --likelihood gaussian, or rescale the data to [0, 1]"
+            )
+
+
+def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """One Bernoulli draw per entry, with probabilities ``x``.
+
+    Dynamic binarisation calls this on each minibatch; static binarisation calls it once
+    with a seeded ``generator`` (which must live on ``x``'s device).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Any shape, floating point, values in [0, 1].
+    generator : torch.Generator, optional
+
+    Returns
+    -------
+    torch.Tensor
+        Same shape and dtype as ``x``, values in {0, 1}.
+    """
+    return torch.bernoulli(x, generator=generator)
+
+
+def _split(n: int, test_fraction: float, seed: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sorted train and test indices of a seeded random split of ``range(n)``."""
+    if not 0 < test_fraction < 1:
+        raise DataError(
+            f"{name}: test_fraction must lie strictly between 0 and 1; got {test_fraction}"
+        )
+    n_test = round(n * test_fraction)
+    if not 0 < n_test < n:
+        raise DataError(
+            f"{name}: test_fraction {test_fraction} of {n} examples leaves an empty train or "
+            "test set; give more data or another test_fraction"
+        )
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[n_test:].sort().values, perm[:n_test].sort().values
+
+
+def _split_dataset(name, x, y, image_shape, test_fraction, seed) -> Dataset:
+    train, test = _split(len(x), test_fraction, seed, name)
+    return Dataset(
+        name=name,
+        x_train=x[train],
+        x_test=x[test],
+        y_train=None if y is None else y[train],
+        y_test=None if y is None else y[test],
+        image_shape=image_shape,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0]}" if text else type(exc).__name__
+
+
+# --- built-in data sets ---------------------------------------------------------------------
+
+
+def load_digits(*, data_dir=None, download=False, test_fraction=0.2, seed=0) -> Dataset:
+    """scikit-learn's 1,797 8x8 handwritten digits, pixels scaled from 0..16 to [0, 1].
+
+    Shipped inside scikit-learn, so no download; ``data_dir`` and ``download`` are
+    accepted for a uniform signature and ignored. The train/test split is a seeded
+    random permutation.
+    """
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    bunch = sklearn_digits()
+    # Each pixel counts the set bits of a 4x4 block of a 32x32 bitmap, so 16 is its maximum.
+    x = torch.tensor(bunch.data / 16.0, dtype=torch.float32)
+    y = torch.tensor(bunch.target, dtype=torch.int64)
+    return _split_dataset("digits", x, y, tuple(bunch.images.shape[1:]), test_fraction, seed)
+
+
+def load_ppca(*, data_dir=None, download=False, test_fraction=0.2, seed=0) -> Dataset:
+    """Real-valued synthetic data from :func:`make_ppca` with :data:`PPCA_DEFAULTS`.
+
+    ``seed`` draws both the true parameters and the split.
+    """
+    x, _ = make_ppca(**PPCA_DEFAULTS, seed=seed)
+    return _split_dataset("ppca", x, None, None, test_fraction, seed)
+
+
+# --- IDX files (MNIST, Fashion-MNIST) -------------------------------------------------------
+
+_IDX_UBYTE = 0x08  # the only element type the MNIST-family files use
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+# Dataset name -> torchvision class, whose name is also its folder under data_dir.
+IDX_DATASETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+
+
+def read_idx(path, *, ndim: int) -> np.ndarray:
+    """Read one IDX file of unsigned bytes, gzipped or plain.
+
+    Parameters
+    ----------
+    path : str or Path
+    ndim : int
+        The number of dimensions the file must have (3 for images, 1 for labels).
+
+    Returns
+    -------
+    np.ndarray
+        uint8, with the shape stored in the file's header.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+        if raw[:2] == b"\x1f\x8b":  # gzip's own magic, whatever the file is called
+            raw = gzip.decompress(raw)
+    except (OSError, EOFError) as exc:
+        raise DataError(f"{path}: cannot read IDX file ({_one_line(exc)})") from None
+    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] != _IDX_UBYTE or raw[3] != ndim:
+        raise DataError(
+            f"{path}: not an IDX file of {ndim}-D unsigned bytes (magic number "
+            f"{raw[:4].hex() or 'missing'}, expected 000008{ndim:02x}); the file is corrupt "
+            "or of another kind"
+        )
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise DataError(f"{path}: truncated IDX file ({len(raw)} bytes, header needs {header})")
+    shape = struct.unpack(f">{ndim}I", raw[4:header])
+    expected = math.prod(shape)
+    if len(raw) - header != expected:
+        raise DataError(
+            f"{path}: IDX header promises shape {shape} ({expected} bytes) but the file holds "
+            f"{len(raw) - header}; the file is truncated or corrupt, delete it and fetch it again"
+        )
+    return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
+
+
+def _idx_paths(raw_dir: Path) -> dict[str, Path | None]:
+    found = {}
+    for stem in (*IDX_FILES["train"], *IDX_FILES["test"]):
+        candidates = [raw_dir / stem, raw_dir / f"{stem}.gz"]
+        found[stem] = next((p for p in candidates if p.is_file()), None)
+    return found
+
+
+def _download_idx(name: str, root: Path, raw_dir: Path, expected: str) -> None:
+    by_hand = (
+        f"place {expected} (plain or .gz) in {raw_dir} by hand, e.g. copied from a machine "
+        "with network access, and run again without --download"
+    )
+    try:
+        import torchvision
+    except Exception as exc:  # a CPU torch with a CUDA torchvision fails with RuntimeError
+        raise DataError(
+            f"{name}: --download needs torchvision, whose import failed ({_one_line(exc)}); "
+            + by_hand
+        ) from None
+    try:
+        getattr(torchvision.datasets, IDX_DATASETS[name])(root=str(root), train=True, download=True)
+    except Exception as exc:
+        raise DataError(f"{name}: download failed ({_one_line(exc)}); " + by_hand) from None
+
+
+def _load_idx_dataset(name: str, data_dir, download: bool) -> Dataset:
+    root = Path(DEFAULT_DATA_DIR if data_dir is None else data_dir).expanduser().absolute()
+    raw_dir = root / IDX_DATASETS[name] / "raw"
+    paths = _idx_paths(raw_dir)
+    missing = [stem for stem, p in paths.items() if p is None]
+    if missing and download:
+        _download_idx(name, root, raw_dir, ", ".join(paths))
+        paths = _idx_paths(raw_dir)
+        missing = [stem for stem, p in paths.items() if p is None]
+    if missing:
+        raise DataError(
+            f"{name}: files not found in {raw_dir}: missing {', '.join(missing)} (plain or .gz); "
+            f"pass --download to fetch them there, or --data-dir DIR for a folder that holds "
+            f"{IDX_DATASETS[name]}/raw/"
+        )
+    parts = {}
+    for part, (images_stem, labels_stem) in IDX_FILES.items():
+        images = read_idx(paths[images_stem], ndim=3)
+        labels = read_idx(paths[labels_stem], ndim=1)
+        if len(images) != len(labels):
+            raise DataError(
+                f"{name}: {paths[images_stem].name} holds {len(images)} images but "
+                f"{paths[labels_stem].name} holds {len(labels)} labels"
+            )
+        # Copy: frombuffer's array is read-only, which torch.from_numpy warns about.
+        x = torch.from_numpy(images.reshape(len(images), -1).copy()).to(torch.float32) / 255
+        parts[part] = (x, torch.from_numpy(labels.astype(np.int64)))
+        image_shape = tuple(images.shape[1:])
+    if parts["train"][0].shape[1] != parts["test"][0].shape[1]:
+        raise DataError(f"{name}: train and test images in {raw_dir} differ in size")
+    return Dataset(
+        name, parts["train"][0], parts["test"][0], parts["train"][1], parts["test"][1], image_shape
+    )
+
+
+def load_mnist(*, data_dir=None, download=False, test_fraction=0.2, seed=0) -> Dataset:
+    """MNIST from ``{data_dir}/MNIST/raw/``, the official 60,000/10,000 split, pixels in [0, 1].
+
+    ``test_fraction`` and ``seed`` are ignored: the split is the official one.
+    """
+    return _load_idx_dataset("mnist", data_dir, download)
+
+
+def load_fashion_mnist(*, data_dir=None, download=False, test_fraction=0.2, seed=0) -> Dataset:
+    """Fashion-MNIST from ``{data_dir}/FashionMNIST/raw/``, the official split, pixels in [0, 1].
+
+    ``test_fraction`` and ``seed`` are ignored: the split is the official one.
+    """
+    return _load_idx_dataset("fashion-mnist", data_dir, download)
+
+
+DATASETS: dict[str, Callable[..., Dataset]] = {
+    "digits": load_digits,
+    "mnist": load_mnist,
+    "fashion-mnist": load_fashion_mnist,
+    "ppca": load_ppca,
+}
+
+
+# --- user files -----------------------------------------------------------------------------
+
+_NPZ_LAYOUTS = (
+    {"x"},
+    {"x", "y"},
+    {"x_train", "x_test"},
+    {"x_train", "x_test", "y_train", "y_test"},
+)
+
+
+def _array(arrays, key: str, where: str) -> np.ndarray:
+    try:
+        a = arrays[key] if key else arrays
+    except ValueError as exc:  # object arrays refuse to load without pickle
+        raise DataError(
+            f"{where}: cannot read {key!r} ({_one_line(exc)}); "
+            "expected numeric arrays saved without pickle"
+        ) from None
+    if not (np.issubdtype(a.dtype, np.number) or a.dtype == np.bool_) or np.iscomplexobj(a):
+        raise DataError(f"{where}: {key or 'the array'} has dtype {a.dtype}; expected real numbers")
+    return a
+
+
+def _features(a: np.ndarray, what: str) -> tuple[torch.Tensor, tuple[int, ...] | None]:
+    if a.ndim < 2:
+        raise DataError(f"{what}: expected shape (N, D) or (N, H, W); got {a.shape}")
+    # Checked after the cast so that values too large for float32 show up as inf too.
+    with np.errstate(over="ignore"):
+        x = torch.from_numpy(np.ascontiguousarray(a.reshape(len(a), -1), dtype=np.float32))
+    check_data(x, support="real", name=what)
+    return x, tuple(a.shape[1:]) if a.ndim > 2 else None
+
+
+def _labels(a: np.ndarray, n: int, what: str) -> torch.Tensor:
+    if a.shape != (n,):
+        raise DataError(f"{what}: expected labels of shape ({n},); got {a.shape}")
+    a = a.astype(np.float64) if a.dtype == np.bool_ else a
+    if not np.all(np.isfinite(a)) or np.any(a != np.round(a)) or np.any(a < 0):
+        raise DataError(f"{what}: labels must be non-negative integers")
+    return torch.from_numpy(a.astype(np.int64))
+
+
+def load_array_file(path, *, test_fraction=0.2, seed=0) -> Dataset:
+    """A data set from a ``.npy`` or ``.npz`` file; values are used as given, not rescaled.
+
+    A ``.npy`` file holds ``x`` of shape ``(N, D)`` or ``(N, H, W, ...)``. A ``.npz`` file
+    holds ``x`` (and optionally labels ``y``, shape ``(N,)``), split by ``seed`` and
+    ``test_fraction``, or ``x_train`` and ``x_test`` (and optionally ``y_train`` and
+    ``y_test``). Examples with more than one axis are flattened and their shape kept as
+    ``image_shape``.
+    """
+    path = Path(path)
+    where = str(path)
+    if not path.is_file():
+        raise DataError(f"{where}: file not found; expected a .npz or .npy file of data")
+    try:
+        loaded = np.load(path, allow_pickle=False)
+    except Exception as exc:
+        raise DataError(f"{where}: cannot read as {path.suffix} ({_one_line(exc)})") from None
+    if isinstance(loaded, np.ndarray):
+        x, image_shape = _features(_array(loaded, "", where), where)
+        return _split_dataset(where, x, None, image_shape, test_fraction, seed)
+    with loaded as arrays:
+        keys = set(arrays.files)
+        if keys not in _NPZ_LAYOUTS:
+            raise DataError(
+                f"{where}: holds arrays {sorted(keys)}; expected 'x' (and optional 'y'), or "
+                "'x_train' and 'x_test' (and optional 'y_train' and 'y_test')"
+            )
+        parts = ("",) if "x" in keys else ("_train", "_test")
+        xs, ys, shapes = {}, {}, {}
+        for part in parts:
+            xs[part], shapes[part] = _features(
+                _array(arrays, f"x{part}", where), f"{where}: x{part}"
+            )
+            if f"y{part}" in keys:
+                y = _array(arrays, f"y{part}", where)
+                ys[part] = _labels(y, len(xs[part]), f"{where}: y{part}")
+    if "x" in keys:
+        return _split_dataset(where, xs[""], ys.get(""), shapes[""], test_fraction, seed)
+    if xs["_train"].shape[1] != xs["_test"].shape[1] or shapes["_train"] != shapes["_test"]:
+        train, test = ((shapes[p] or (xs[p].shape[1],)) for p in ("_train", "_test"))
+        raise DataError(f"{where}: x_train examples have shape {train} but x_test ones {test}")
+    return Dataset(
+        where, xs["_train"], xs["_test"], ys.get("_train"), ys.get("_test"), shapes["_train"]
+    )
+
+
+def load_dataset(
+    name_or_path: str, *, data_dir=None, download=False, test_fraction=0.2, seed=0
+) -> Dataset:
+    """Load a built-in data set by name, or a ``.npz``/``.npy`` file by path.
+
+    Parameters
+    ----------
+    name_or_path : str or Path
+        A key of :data:`DATASETS` (``"digits"``, ``"mnist"``, ``"fashion-mnist"``,
+        ``"ppca"``) or a path ending in ``.npz`` or ``.npy``.
+    data_dir : str or Path, optional
+        Where MNIST-family files live (torchvision's layout); default ``"data"``.
+    download : bool
+        Fetch missing MNIST-family files through torchvision.
+    test_fraction : float
+        Share of examples held out where a data set has no official split.
+    seed : int
+        Seed of that split (and of the ``ppca`` parameters and data).
+
+    Returns
+    -------
+    Dataset
+        float32 tensors on the CPU.
+    """
+    key = str(name_or_path)
+    if key.lower() in DATASETS:
+        return DATASETS[key.lower()](
+            data_dir=data_dir, download=download, test_fraction=test_fraction, seed=seed
+        )
+    if Path(key).suffix.lower() in ARRAY_SUFFIXES:
+        return load_array_file(key, test_fraction=test_fraction, seed=seed)
+    raise DataError(
+        f"unknown data set {key!r}: use one of {', '.join(DATASETS)}, or a path to a file "
+        f"ending in {' or '.join(ARRAY_SUFFIXES)}"
+    )
+
+
+# --- probabilistic PCA ----------------------------------------------------------------------
+
+
+def make_ppca(
+    num_data: int, data_dim: int, latent_dim: int, *, noise_std: float = 0.5, seed: int = 0
+) -> tuple[torch.Tensor, dict]:
+    """Draw data from a random probabilistic-PCA model.
+
+    ``W`` and ``mu`` have standard-normal entries; ``z ~ N(0, I)``;
+    ``x = W z + mu + noise_std * eps`` with ``eps ~ N(0, I)``.
+
+    Returns
+    -------
+    x : torch.Tensor
+        Shape ``(num_data, data_dim)``, float32.
+    params : dict
+        The true ``"W"`` ``(data_dim, latent_dim)``, ``"mu"`` ``(data_dim,)`` and
+        ``"sigma"`` (0-d tensor, equal to ``noise_std``).
+    """
+    g = torch.Generator().manual_seed(seed)
+    W = torch.randn(data_dim, latent_dim, generator=g)
+    mu = torch.randn(data_dim, generator=g)
+    z = torch.randn(num_data, latent_dim, generator=g)
+    x = z @ W.T + mu + noise_std * torch.randn(num_data, data_dim, generator=g)
+    return x, {"W": W, "mu": mu, "sigma": torch.tensor(noise_std, dtype=torch.float32)}
+
+
+def ppca_log_likelihood(x, W, mu, sigma) -> float:
+    """Mean log-density (nats per example) of ``x`` under ``N(mu, W W^T + sigma^2 I)``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Shape ``(N, D)``.
+    W : torch.Tensor
+        Shape ``(D, q)``.
+    mu : torch.Tensor
+        Shape ``(D,)``.
+    sigma : float or torch.Tensor
+        Noise standard deviation, a scalar.
+    """
+    f64 = {"dtype": torch.float64, "device": x.device}
+    x, W, mu = x.to(**f64), torch.as_tensor(W).to(**f64), torch.as_tensor(mu).to(**f64)
+    sigma = torch.as_tensor(sigma).to(**f64)
+    D = x.shape[1]
+    cov = W @ W.T + sigma**2 * torch.eye(D, **f64)
+    chol = torch.linalg.cholesky(cov)
+    white = torch.linalg.solve_triangular(chol, (x - mu).T, upper=False)
+    log_det = 2 * chol.diagonal().log().sum()
+    mahalanobis = white.pow(2).sum(0).mean()
+    return float(-0.5 * (D * math.log(2 * math.pi) + log_det + mahalanobis))
+
+
+def ppca_mle(x, latent_dim: int) -> dict:
+    """Closed-form maximum-likelihood PPCA fit (Tipping & Bishop, 1999).
+
+    With ``S`` the sample covariance (divided by N) and eigenvalues
+    ``l_1 >= ... >= l_D`` with eigenvectors ``U``: ``mu`` is the sample mean,
+    ``sigma^2 = mean(l_{q+1}, ..., l_D)`` and ``W = U_q (L_q - sigma^2 I)^{1/2}``
+    (up to a rotation, taken as the identity).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        Shape ``(N, D)``.
+    latent_dim : int
+        q, with ``0 < q < D``.
+
+    Returns
+    -------
+    dict
+        ``"W"`` ``(D, q)``, ``"mu"`` ``(D,)``, ``"sigma"`` (0-d), in ``x``'s dtype and
+        device, and ``"log_likelihood"``, the mean log-likelihood per example at the MLE
+        (float, nats).
+    """
+    N, D = x.shape
+    if not 0 < latent_dim < D:
+        raise ValueError(
+            f"latent_dim must lie in 1..{D - 1} for {D}-dimensional data; got {latent_dim}"
+        )
+    x64 = x.to(torch.float64)
+    mu = x64.mean(0)
+    centred = x64 - mu
+    evals, evecs = torch.linalg.eigh(centred.T @ centred / N)
+    evals, evecs = evals.flip(0), evecs.flip(1)
+    noise_var = evals[latent_dim:].mean()
+    # Relative to the largest eigenvalue: rank-deficient data leaves rounding noise, not 0.
+    if noise_var <= D * torch.finfo(torch.float64).eps * evals[0]:
+        raise DataError(
+            f"data has rank <= {latent_dim}, so the noise variance MLE is 0; "
+            "use a smaller latent_dim"
+        )
+    W = evecs[:, :latent_dim] * (evals[:latent_dim] - noise_var).clamp(min=0).sqrt()
+    # At the MLE, tr(C^-1 S) = D, so the log-likelihood needs only the eigenvalues.
+    log_det = evals[:latent_dim].log().sum() + (D - latent_dim) * noise_var.log()
+    log_likelihood = -0.5 * (D * math.log(2 * math.pi) + float(log_det) + D)
+    return {
+        "W": W.to(x.dtype),
+        "mu": mu.to(x.dtype),
+        "sigma": noise_var.sqrt().to(x.dtype),
+        "log_likelihood": log_likelihood,
+    }
