@@ -1,0 +1,153 @@
+"""The ``ppl-vae`` command and the argument parsing shared with ``scripts/``.
+
+``ppl-vae train ...`` and ``python scripts/train_vae.py ...`` take the same flags. Every
+user error (a :class:`~ppl_vae.errors.PplVaeError`) ends as one line on stderr,
+``error: ...``, and exit status 2.
+"""
+
+import argparse
+import sys
+
+from ppl_vae.errors import PplVaeError
+
+# Command-line flag -> configuration key (see ppl_vae.config.DEFAULTS).
+TRAIN_OVERRIDES = {
+    "dataset": "data.dataset",
+    "data_dir": "data.data_dir",
+    "download": "data.download",
+    "binarize": "data.binarize",
+    "prior": "model.prior",
+    "guide": "model.guide",
+    "likelihood": "model.likelihood",
+    "encoder": "model.encoder",
+    "decoder": "model.decoder",
+    "latent_dim": "model.latent_dim",
+    "hidden": "model.hidden",
+    "beta": "model.beta",
+    "objective": "train.objective",
+    "num_particles": "train.num_particles",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "lr": "train.lr",
+    "seed": "train.seed",
+    "device": "train.device",
+}
+
+
+def add_train_arguments(parser):
+    """The flags of ``ppl-vae train`` / ``scripts/train_vae.py``."""
+    parser.add_argument("--model", default="vae",
+                        help="model file: a name in models/ (vae, gaussian_vae, ...) or a path "
+                             "to a .toml file (default: vae)")
+    parser.add_argument("--out", help="run folder (default: runs/<model name>[-N])")
+    parser.add_argument("--resume", metavar="RUN_DIR",
+                        help="continue the run in RUN_DIR from its last checkpoint "
+                             "(only --epochs and --device may change)")
+    data = parser.add_argument_group("data")
+    data.add_argument("--dataset", help="digits (default), mnist, fashion-mnist, ppca, "
+                                        "or a .npz/.npy file")
+    data.add_argument("--data-dir", help="folder of downloaded data sets (default: data)")
+    data.add_argument("--download", action="store_const", const=True,
+                      help="download mnist / fashion-mnist into --data-dir if missing")
+    data.add_argument("--binarize", choices=["dynamic", "static", "none"],
+                      help="binarisation of [0, 1] data for Bernoulli-type likelihoods")
+    parts = parser.add_argument_group("model parts (names from ppl_vae.registry)")
+    parts.add_argument("--prior")
+    parts.add_argument("--guide")
+    parts.add_argument("--likelihood")
+    parts.add_argument("--encoder")
+    parts.add_argument("--decoder")
+    parts.add_argument("--latent-dim", type=int)
+    parts.add_argument("--hidden", type=_int_list, metavar="W1,W2,...",
+                       help="hidden widths of encoder and decoder; '' for linear nets")
+    parts.add_argument("--beta", type=float, help="weight of the KL term (1 = the ELBO)")
+    train = parser.add_argument_group("training")
+    train.add_argument("--objective", help="elbo (Monte Carlo KL) or meanfield (analytic KL)")
+    train.add_argument("--num-particles", type=int)
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--lr", type=float)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device", help="auto (default: CUDA if available), cpu or cuda")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+def _int_list(text):
+    return [int(w) for w in text.split(",") if w.strip()]
+
+
+def train_command(args):
+    from ppl_vae.config import load_config
+    from ppl_vae.train import Trainer, new_run_dir
+
+    overrides = {key: getattr(args, flag) for flag, key in TRAIN_OVERRIDES.items()}
+    if args.resume:
+        if args.out:
+            raise PplVaeError("--resume continues a run in its own folder; drop --out")
+        given = {k: v for k, v in overrides.items() if v is not None}
+        trainer = Trainer.resume(args.resume, overrides=given, progress=not args.quiet)
+    else:
+        config = load_config(args.model, overrides)
+        run_dir = new_run_dir(args.out, config["name"])
+        trainer = Trainer(config, run_dir, progress=not args.quiet)
+    print(f"training {trainer.config['name']} on {trainer.data.name} "
+          f"({trainer.dims.num_data} examples, D={trainer.dims.data_dim}) "
+          f"on {trainer.device}; writing to {trainer.run_dir}", file=sys.stderr)
+    last = trainer.run()
+    print(f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.3f}, "
+          f"test ELBO {last['test_elbo']:.3f} nats per example "
+          f"(reconstruction {last['test_recon']:.3f}, KL {last['test_kl']:.3f}); "
+          f"results in {trainer.run_dir}")
+    return 0
+
+
+def gmm_command(argv):
+    from ppl_vae.mixture.cli import main as gmm_main
+
+    return gmm_main(argv)
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="ppl-vae", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    train = commands.add_parser("train", help="train a VAE with SVI (see --help)")
+    add_train_arguments(train)
+    commands.add_parser("gmm", add_help=False,
+                        help="fit a Gaussian mixture: EM, CAVI, Pyro SVI or NUTS")
+    return parser
+
+
+def run(main, argv=None):
+    """Call ``main(argv)``, turning user errors into one line and exit status 2."""
+    try:
+        return main(argv)
+    except PplVaeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+
+
+def train_main(argv=None):
+    parser = argparse.ArgumentParser(prog="train_vae.py",
+                                     description="Train a VAE with SVI.")
+    add_train_arguments(parser)
+    return run(lambda a: train_command(parser.parse_args(a)), argv)
+
+
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] == "gmm":
+        return run(gmm_command, argv[1:])
+    parser = build_parser()
+
+    def dispatch(a):
+        args = parser.parse_args(a)
+        return {"train": train_command}[args.command](args)
+
+    return run(dispatch, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

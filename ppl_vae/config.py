@@ -1,0 +1,169 @@
+"""Run configurations: the TOML files of the model zoo, command-line overrides, validation.
+
+A configuration is a nested dict with three tables, ``[data]``, ``[model]`` and
+``[train]``. :data:`DEFAULTS` lists every key with its default; a TOML file or an override
+may set any of them and nothing else, so a typo is an error rather than a silently
+ignored setting.
+"""
+
+import copy
+import json
+import tomllib
+from pathlib import Path
+
+from ppl_vae.errors import ConfigError
+
+DEFAULTS = {
+    "name": "vae",
+    "description": "",
+    "data": {
+        "dataset": "digits",  # digits | mnist | fashion-mnist | ppca | PATH.npz | PATH.npy
+        "data_dir": "data",
+        "download": False,
+        "binarize": "dynamic",  # dynamic | static | none (Bernoulli likelihoods only)
+        "test_fraction": 0.2,
+    },
+    "model": {
+        "latent_dim": 8,
+        "prior": "normal",
+        "guide": "diagonal",
+        "likelihood": "bernoulli",
+        "encoder": "mlp",
+        "decoder": "mlp",
+        "hidden": [256, 256],
+        "beta": 1.0,
+        "conditional": False,
+        "prior_options": {},
+        "guide_options": {},
+        "likelihood_options": {},
+    },
+    "train": {
+        "objective": "meanfield",
+        "num_particles": 1,
+        "epochs": 200,
+        "batch_size": 128,
+        "lr": 1e-3,
+        "seed": 0,
+        "device": "auto",
+    },
+}
+
+CHOICES = {
+    ("data", "binarize"): ("dynamic", "static", "none"),
+}
+
+# The model zoo: models/ at the top of the source tree.
+MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+
+def find_model_file(name_or_path):
+    """Resolve ``--model``: a path to a TOML file, or the name of one in ``models/``."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    candidate = MODELS_DIR / f"{name_or_path}.toml"
+    if path.suffix == "" and candidate.is_file():
+        return candidate
+    known = ", ".join(sorted(p.stem for p in MODELS_DIR.glob("*.toml")))
+    raise ConfigError(f"no model file {str(name_or_path)!r}; give a path to a .toml file "
+                      f"or one of the names in {MODELS_DIR}: {known}")
+
+
+def load_config(name_or_path=None, overrides=None):
+    """The defaults, updated by a model TOML file and then by ``overrides``, validated.
+
+    Parameters
+    ----------
+    name_or_path : str or Path, optional
+        A model file (see :func:`find_model_file`); None uses the defaults alone.
+    overrides : dict, optional
+        ``{"model.latent_dim": 2, "train.epochs": 5, ...}``; None values are skipped.
+    """
+    config = copy.deepcopy(DEFAULTS)
+    if name_or_path is not None:
+        path = find_model_file(name_or_path)
+        try:
+            with open(path, "rb") as f:
+                from_file = tomllib.load(f)
+        except tomllib.TOMLDecodeError as err:
+            raise ConfigError(f"{path} is not valid TOML: {err}") from None
+        _merge(config, from_file, DEFAULTS, source=str(path))
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        *tables, key = dotted.split(".")
+        nested = {key: value}
+        for table in reversed(tables):
+            nested = {table: nested}
+        _merge(config, nested, DEFAULTS, source="the command line")
+    return config
+
+
+def _merge(config, update, schema, *, source, prefix=""):
+    for key, value in update.items():
+        where = f"{prefix}{key}"
+        if key not in schema:
+            known = ", ".join(sorted(schema))
+            raise ConfigError(f"unknown setting {where!r} in {source}; "
+                              f"known settings{' in [' + prefix[:-1] + ']' if prefix else ''}: "
+                              f"{known}")
+        default = schema[key]
+        if isinstance(default, dict) and default:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where!r} in {source} must be a table")
+            _merge(config[key], value, default, source=source, prefix=f"{where}.")
+            continue
+        config[key] = _check_type(where, value, default, source)
+
+
+def _check_type(where, value, default, source):
+    ok = {
+        bool: lambda v: isinstance(v, bool),
+        int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+        float: lambda v: isinstance(v, int | float) and not isinstance(v, bool),
+        str: lambda v: isinstance(v, str),
+        list: lambda v: isinstance(v, list | tuple),
+        dict: lambda v: isinstance(v, dict),
+    }[type(default)]
+    if not ok(value):
+        raise ConfigError(f"{where!r} in {source} must be of type {type(default).__name__}; "
+                          f"got {value!r}")
+    choices = CHOICES.get(tuple(where.split(".")))
+    if choices and value not in choices:
+        raise ConfigError(f"{where!r} in {source} must be one of {', '.join(choices)}; "
+                          f"got {value!r}")
+    if isinstance(default, float):
+        return float(value)
+    if isinstance(default, list):
+        return list(value)
+    return value
+
+
+def dump_toml(config):
+    """Write a configuration (nested dicts of scalars and lists) as TOML text."""
+    lines = []
+    _dump_table(config, [], lines)
+    return "\n".join(lines).strip() + "\n"
+
+
+def _dump_table(table, path, lines):
+    scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+    tables = {k: v for k, v in table.items() if isinstance(v, dict)}
+    if path and (scalars or not tables):
+        lines.append(f"\n[{'.'.join(path)}]")
+    for key, value in scalars.items():
+        lines.append(f"{key} = {_toml_value(value)}")
+    for key, value in tables.items():
+        _dump_table(value, [*path, key], lines)
+
+
+def _toml_value(value):
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)  # a JSON string is a valid TOML basic string
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot write {value!r} as TOML")

@@ -1,0 +1,102 @@
+"""Figures of a trained VAE: reconstructions, prior samples, the latent space, curves.
+
+Every function takes a matplotlib ``Axes`` or makes its own figure and returns the figure,
+so notebooks can show them and scripts can save them.
+"""
+
+import math
+
+import matplotlib.pyplot as plt
+import torch
+
+
+def image_grid(images, image_shape, *, ncols=10, title=None, ax=None):
+    """Show rows of flat images (N, H*W) as one grid image."""
+    images = torch.as_tensor(images).detach().float().cpu().clamp(0, 1)
+    n = images.shape[0]
+    nrows = math.ceil(n / ncols)
+    h, w = image_shape
+    canvas = torch.full((nrows * (h + 1) - 1, ncols * (w + 1) - 1), 0.2)  # light grey gaps
+    for i in range(n):
+        r, c = divmod(i, ncols)
+        top, left = r * (h + 1), c * (w + 1)
+        canvas[top : top + h, left : left + w] = images[i].reshape(h, w)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(ncols * 0.6, nrows * 0.6 + 0.4))
+    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_axis_off()
+    if title:
+        ax.set_title(title)
+    return ax.figure
+
+
+def reconstructions(vae, x, image_shape, *, num=10, y=None):
+    """Data (top row) above the means of p(x | z) at the posterior mean of z (bottom row)."""
+    x = x[:num]
+    recon = vae.reconstruct(x, None if y is None else y[:num])
+    return image_grid(torch.cat([x, recon]), image_shape, ncols=num,
+                      title="data (top) and reconstructions (bottom)")
+
+
+def prior_samples(vae, image_shape, *, num=50, y=None):
+    """Means of p(x | z) for z drawn from the prior."""
+    return image_grid(vae.sample(num, y), image_shape, ncols=10,
+                      title="means of p(x | z), z ~ p(z)")
+
+
+def latent_space(vae, x, labels=None, *, y=None, ax=None):
+    """Posterior means E_q[z | x], coloured by label; projected on 2 principal axes if L > 2."""
+    with torch.no_grad():
+        z = vae.encode(x, y).mean.detach().cpu()
+    xlabel, ylabel = "z[0]", "z[1]"
+    if z.shape[1] > 2:
+        z = z - z.mean(0)
+        _, _, v = torch.linalg.svd(z, full_matrices=False)
+        z = z @ v[:2].T
+        xlabel, ylabel = "principal axis 1 of E[z|x]", "principal axis 2 of E[z|x]"
+    elif z.shape[1] == 1:
+        z = torch.cat([z, torch.zeros_like(z)], 1)
+    if ax is None:
+        _, ax = plt.subplots(figsize=(5.5, 4.5))
+    colours = None if labels is None else labels.detach().cpu()
+    points = ax.scatter(z[:, 0], z[:, 1], c=colours, cmap="tab10", s=6, alpha=0.8)
+    if labels is not None:
+        ax.figure.colorbar(points, ax=ax, label="label")
+    ax.set(xlabel=xlabel, ylabel=ylabel, title="latent space: posterior means of test data")
+    return ax.figure
+
+
+def elbo_curves(metrics):
+    """The train and test ELBO per epoch, and the test ELBO's two terms."""
+    epochs = [row["epoch"] for row in metrics]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+    left.plot(epochs, [row["train_elbo"] for row in metrics], label="train")
+    left.plot(epochs, [row["test_elbo"] for row in metrics], label="test")
+    left.set(xlabel="epoch", ylabel="ELBO (nats per example)", title="ELBO")
+    left.legend()
+    right.plot(epochs, [row["test_recon"] for row in metrics], label="E_q[log p(x|z)]")
+    right.plot(epochs, [-row["test_kl"] for row in metrics], label="-KL(q(z|x) || p(z))")
+    right.set(xlabel="epoch", ylabel="nats per example", title="test ELBO = sum of the two")
+    right.legend()
+    fig.tight_layout()
+    return fig
+
+
+def save_run_figures(vae, data, metrics, run_dir):
+    """Write the standard figures of a run into ``run_dir``; returns their paths."""
+    vae.eval()
+    y_test = data.y_test if vae.conditional else None
+    figures = {"elbo.png": elbo_curves(metrics),
+               "latent.png": latent_space(vae, data.x_test, data.y_test, y=y_test)}
+    if data.image_shape is not None:
+        figures["reconstructions.png"] = reconstructions(vae, data.x_test, data.image_shape,
+                                                         y=y_test)
+        if not vae.conditional:
+            figures["samples.png"] = prior_samples(vae, data.image_shape)
+    paths = []
+    for name, fig in figures.items():
+        path = run_dir / name
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    return paths

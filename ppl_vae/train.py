@@ -1,0 +1,267 @@
+"""The SVI training loop: minibatches on the device, a progress bar, per-epoch evaluation,
+atomic checkpoints, exact resume and a NaN guard.
+
+Each step is one SVI step on the minibatch ELBO. It is written as Pyro's
+``elbo.differentiable_loss(model, guide, ...)`` followed by a plain torch optimizer step,
+the form Pyro's own distributed examples use: it is exactly what ``SVI.step`` computes, but
+the parameters and optimizer state are ordinary ``state_dict``s, so checkpoints load with
+``weights_only=True`` and the same loop runs under DistributedDataParallel.
+"""
+
+import csv
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import pyro
+import torch
+from tqdm.auto import tqdm
+
+from ppl_vae.checkpoint import load_checkpoint, save_checkpoint
+from ppl_vae.config import dump_toml, load_config
+from ppl_vae.data import binarize, check_data, load_dataset
+from ppl_vae.device import resolve_device
+from ppl_vae.errors import CheckpointError, ConfigError, TrainingDiverged
+from ppl_vae.evaluate import evaluate_elbo
+from ppl_vae.objectives import make_objective
+from ppl_vae.registry import lookup
+from ppl_vae.vae import Dims, build_vae
+
+METRICS = ("epoch", "step", "train_elbo", "test_elbo", "test_recon", "test_kl", "seconds")
+CHECKPOINT = "checkpoint.pt"
+# Settings that may differ between a run and its resumption.
+RESUMABLE = {"train.epochs", "train.device"}
+
+
+class Trainer:
+    """Train a VAE from a configuration (see :mod:`ppl_vae.config`) into a run folder.
+
+    The run folder receives ``config.toml`` (the resolved configuration),
+    ``metrics.csv`` (one row per epoch), ``checkpoint.pt`` (after every epoch) and, from
+    :meth:`run`, the figures.
+
+    Parameters
+    ----------
+    config : dict
+        A resolved configuration from :func:`ppl_vae.config.load_config`.
+    run_dir : str or Path
+        The run folder; it must not already hold a run (resume with :meth:`resume`).
+    progress : bool
+        Show a tqdm progress bar.
+    """
+
+    def __init__(self, config, run_dir, *, progress=True, _state=None):
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.progress = progress
+        data_cfg, model_cfg, train_cfg = config["data"], config["model"], config["train"]
+        self.device = resolve_device(train_cfg["device"])
+
+        self.data = load_dataset(data_cfg["dataset"], data_dir=data_cfg["data_dir"],
+                                 download=data_cfg["download"],
+                                 test_fraction=data_cfg["test_fraction"],
+                                 seed=train_cfg["seed"])
+        support = lookup("likelihood", model_cfg["likelihood"]).support
+        for x, split in ((self.data.x_train, "training"), (self.data.x_test, "test")):
+            check_data(x, support=support, name=f"{self.data.name} {split} data")
+        if model_cfg["conditional"] and self.data.y_train is None:
+            raise ConfigError(f"a conditional VAE needs labels; {self.data.name} has none")
+        self.dims = Dims(
+            data_dim=self.data.data_dim,
+            latent_dim=model_cfg["latent_dim"],
+            num_data=self.data.x_train.shape[0],
+            num_classes=self.data.num_classes if model_cfg["conditional"] else 0,
+            image_shape=self.data.image_shape,
+        )
+
+        pyro.set_rng_seed(train_cfg["seed"])
+        self.vae = build_vae(self.dims, **{k: v for k, v in model_cfg.items()
+                                           if k not in ("latent_dim", "conditional")})
+        self.vae.to(self.device)
+        self.objective = make_objective(train_cfg["objective"],
+                                        num_particles=train_cfg["num_particles"])
+        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=train_cfg["lr"])
+        self._prepare_data(data_cfg["binarize"] if support == "unit" else "none",
+                           seed=train_cfg["seed"])
+        self.epoch, self.step, self.metrics = 0, 0, []
+        if _state is not None:
+            self._restore(_state)
+
+    # ---------------------------------------------------------------- construction
+
+    @classmethod
+    def resume(cls, run_dir, *, overrides=None, progress=True):
+        """Continue the run in ``run_dir`` from its checkpoint.
+
+        Only the settings in ``RESUMABLE`` (the number of epochs and the device) may be
+        overridden; the result equals that of a run that was never interrupted.
+        """
+        run_dir = Path(run_dir)
+        config_path = run_dir / "config.toml"
+        if not config_path.is_file():
+            raise CheckpointError(f"{run_dir} is not a run folder: it has no config.toml")
+        overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+        frozen = sorted(set(overrides) - RESUMABLE)
+        if frozen:
+            raise ConfigError(f"cannot change {', '.join(frozen)} when resuming; only "
+                              f"{', '.join(sorted(RESUMABLE))} may change")
+        config = load_config(config_path, overrides)
+        state = load_checkpoint(run_dir / CHECKPOINT)
+        return cls(config, run_dir, progress=progress, _state=state)
+
+    def _prepare_data(self, binarization, *, seed):
+        data = self.data.to(self.device)
+        self.dynamic_binarize = binarization == "dynamic"
+        x_train, x_test = data.x_train, data.x_test
+        if binarization != "none":
+            # The test set is binarised once, with a fixed seed, so that test ELBOs are
+            # comparable across epochs and runs; the training set once too when "static".
+            gen = torch.Generator(device=self.device).manual_seed(seed + 1)
+            x_test = binarize(x_test, gen)
+            if binarization == "static":
+                x_train = binarize(x_train, gen)
+        self.x_train, self.x_test = x_train, x_test
+        conditional = self.vae.conditional
+        self.y_train = data.y_train if conditional else None
+        self.y_test = data.y_test if conditional else None
+
+    def _restore(self, state):
+        saved = Dims(**{**state["dims"], "image_shape": _as_tuple(state["dims"]["image_shape"])})
+        if saved.data_dim != self.dims.data_dim:
+            raise CheckpointError(
+                f"the checkpoint in {self.run_dir} was trained on data of dimension "
+                f"{saved.data_dim}, but {self.data.name} has dimension {self.dims.data_dim}")
+        try:
+            self.vae.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            first = str(err).strip().splitlines()[0]
+            raise CheckpointError(f"the checkpoint in {self.run_dir} does not fit the model "
+                                  f"of its config.toml: {first}") from None
+        torch.set_rng_state(state["rng"]["torch"])
+        if self.device.type == "cuda" and state["rng"]["cuda"] is not None:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.metrics = list(state["metrics"])
+
+    # ---------------------------------------------------------------- training
+
+    def run(self, *, figures=True):
+        """Train until ``train.epochs``, evaluating, logging and checkpointing every epoch.
+
+        Returns the last row of metrics (a dict).
+        """
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.toml").write_text(dump_toml(self.config))
+        epochs = self.config["train"]["epochs"]
+        steps_per_epoch = -(-self.x_train.shape[0] // self.config["train"]["batch_size"])
+        bar = tqdm(total=epochs * steps_per_epoch, initial=self.epoch * steps_per_epoch,
+                   disable=not self.progress, unit="step", dynamic_ncols=True)
+        try:
+            while self.epoch < epochs:
+                start = time.perf_counter()
+                train_elbo = self.train_epoch(bar)
+                self.epoch += 1
+                self.vae.eval()
+                test = evaluate_elbo(self.vae, self.x_test, self.y_test)
+                self.vae.train()
+                row = {"epoch": self.epoch, "step": self.step, "train_elbo": train_elbo,
+                       "test_elbo": test["elbo"], "test_recon": test["recon"],
+                       "test_kl": test["kl"], "seconds": time.perf_counter() - start}
+                self.metrics.append(row)
+                bar.set_postfix(epoch=self.epoch, train_elbo=f"{train_elbo:.2f}",
+                                test_elbo=f"{test['elbo']:.2f}")
+                self.save()
+        finally:
+            bar.close()
+        if figures:
+            from ppl_vae.plots import save_run_figures
+
+            save_run_figures(self.vae, self.data.to(self.device), self.metrics, self.run_dir)
+        return self.metrics[-1] if self.metrics else None
+
+    def train_epoch(self, bar=None, sync_every=25):
+        """One pass over the shuffled training set. Returns the mean train ELBO per example.
+
+        The loss stays on the device between syncs (every ``sync_every`` steps and at the
+        end of the epoch): no host-device round trip per step.
+        """
+        batch_size = self.config["train"]["batch_size"]
+        n = self.x_train.shape[0]
+        order = torch.randperm(n, device=self.device)
+        total = torch.zeros((), device=self.device)
+        first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
+        num_batches = reported = 0
+        for num_batches, start in enumerate(range(0, n, batch_size), 1):
+            idx = order[start : start + batch_size]
+            x = self.x_train[idx]
+            if self.dynamic_binarize:
+                x = torch.bernoulli(x)
+            y = None if self.y_train is None else self.y_train[idx]
+            loss = self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y, idx)
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            self.step += 1
+            loss = loss.detach()
+            total += loss
+            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss),
+                                    self.step, first_bad)
+            if num_batches % sync_every == 0 or start + batch_size >= n:
+                self._check_finite(int(first_bad))
+                if bar is not None:
+                    bar.update(num_batches - reported)
+                    reported = num_batches
+                    bar.set_postfix(epoch=self.epoch + 1,
+                                    elbo=f"{-float(total) / num_batches / n:.2f}")
+        return -float(total) / num_batches / n
+
+    def _check_finite(self, bad_step):
+        if bad_step < 0:
+            return
+        where = (f"the checkpoint of epoch {self.epoch} in {self.run_dir / CHECKPOINT} is "
+                 "intact" if self.epoch else "no checkpoint was written")
+        raise TrainingDiverged(f"the loss became NaN or infinite at step {bad_step} "
+                               f"(epoch {self.epoch + 1}); {where}; lower --lr or check the data")
+
+    def save(self):
+        """Write ``metrics.csv`` and the checkpoint (atomically)."""
+        with open(self.run_dir / "metrics.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=METRICS)
+            writer.writeheader()
+            writer.writerows(self.metrics)
+        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
+        save_checkpoint(self.run_dir / CHECKPOINT, {
+            "epoch": self.epoch,
+            "step": self.step,
+            "dims": asdict(self.dims),
+            "config": dump_toml(self.config),
+            "model": self.vae.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
+            "metrics": self.metrics,
+        })
+
+
+def _as_tuple(value):
+    return None if value is None else tuple(value)
+
+
+def new_run_dir(out, name, *, root="runs"):
+    """The folder a new run writes to.
+
+    An explicit ``out`` must be new or empty: an existing run is never written over. Without
+    ``out`` the run goes to ``runs/<name>``, or ``runs/<name>-2``, ``-3``, ... if taken.
+    """
+    if out is not None:
+        out = Path(out)
+        if out.exists() and (not out.is_dir() or any(out.iterdir())):
+            raise ConfigError(f"{out} already exists and is not empty; choose another --out, "
+                              f"or continue that run with --resume {out}")
+        return out
+    base = Path(root) / name
+    candidate, k = base, 1
+    while candidate.exists():
+        k += 1
+        candidate = base.with_name(f"{base.name}-{k}")
+    return candidate
