@@ -1,0 +1,183 @@
+"""Every registered part, in every combination, through the same checks (STYLE.md habit 4).
+
+Adding a part to ppl_vae.registry adds it here with no test edits.
+"""
+
+import itertools
+import math
+
+import pyro
+import pytest
+import torch
+from pyro import poutine
+from pyro.poutine.util import site_is_subsample
+from torch.distributions import kl_divergence
+from torch.nn.functional import binary_cross_entropy_with_logits
+
+from ppl_vae import registry
+from ppl_vae.errors import ConfigError
+from ppl_vae.evaluate import elbo_terms
+from ppl_vae.objectives import make_objective
+from ppl_vae.vae import Dims, build_vae
+
+DIMS = Dims(data_dim=64, latent_dim=3, num_data=40, image_shape=(8, 8))
+COMBINATIONS = list(itertools.product(registry.PRIORS, registry.GUIDES, registry.LIKELIHOODS))
+
+
+def data_for(likelihood, n=DIMS.num_data):
+    gen = torch.Generator().manual_seed(1)
+    if registry.LIKELIHOODS[likelihood].support == "unit":
+        return torch.bernoulli(torch.full((n, DIMS.data_dim), 0.3), generator=gen)
+    return torch.randn(n, DIMS.data_dim, generator=gen)
+
+
+def small_vae(prior, guide, likelihood, **kw):
+    return build_vae(DIMS, prior=prior, guide=guide, likelihood=likelihood, hidden=(16,), **kw)
+
+
+@pytest.mark.parametrize("prior,guide,likelihood", COMBINATIONS)
+def test_model_and_guide_agree(prior, guide, likelihood):
+    vae = small_vae(prior, guide, likelihood)
+    x = data_for(likelihood)
+    idx = torch.arange(10, 20)
+    guide_trace = poutine.trace(vae.guide).get_trace(x[idx], idx=idx)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(
+        x[idx], idx=idx)
+    def latent_sites(trace):
+        return {name for name, site in trace.nodes.items() if site["type"] == "sample"
+                and not site["is_observed"] and not site_is_subsample(site)}
+
+    latent, guided = latent_sites(model_trace), latent_sites(guide_trace)
+    assert latent == guided == {"z"}
+    assert guide_trace.nodes["z"]["value"].shape == (10, DIMS.latent_dim)
+    # The data plate scales minibatch log densities by N / B.
+    assert model_trace.nodes["x"]["scale"] == pytest.approx(DIMS.num_data / 10)
+    model_trace.compute_log_prob()
+    assert torch.isfinite(model_trace.log_prob_sum())
+
+
+@pytest.mark.parametrize("prior,guide,likelihood", COMBINATIONS)
+def test_gradients_reach_every_parameter(prior, guide, likelihood):
+    vae = small_vae(prior, guide, likelihood)
+    x = data_for(likelihood)
+    loss = make_objective("elbo").differentiable_loss(vae.model, vae.guide, x,
+                                                      idx=torch.arange(len(x)))
+    loss.backward()
+    for name, p in vae.named_parameters():
+        assert p.grad is not None and torch.isfinite(p.grad).all(), name
+        assert p.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("prior,guide,likelihood", COMBINATIONS)
+def test_elbo_terms_match_pyro_elbo(prior, guide, likelihood):
+    """The ELBO read off traces (evaluate.py) is the quantity Pyro's Trace_ELBO optimises."""
+    vae = small_vae(prior, guide, likelihood)
+    x = data_for(likelihood, n=8)
+    with torch.no_grad():
+        loss = make_objective("elbo", num_particles=4000).differentiable_loss(
+            vae.model, vae.guide, x)
+        terms = [elbo_terms(vae, x)["elbo"].sum() for _ in range(200)]
+    ours = torch.stack(terms)
+    stderr = ours.std() / math.sqrt(len(ours))
+    assert abs(ours.mean() + loss) < 4 * stderr + 0.05
+
+
+def test_analytic_kl_equals_closed_form_and_monte_carlo():
+    vae = small_vae("normal", "diagonal", "bernoulli")
+    x = data_for("bernoulli", n=5)
+    with torch.no_grad():
+        q = vae.encode(x)
+        p = vae.prior().expand([5])
+        analytic = kl_divergence(q, p)
+        mu, sigma = q.base_dist.loc, q.base_dist.scale
+        by_hand = 0.5 * (sigma**2 + mu**2 - 1 - torch.log(sigma**2)).sum(-1)
+        z = q.sample((20000,))
+        samples = q.log_prob(z) - p.log_prob(z)
+    torch.testing.assert_close(analytic, by_hand, rtol=1e-5, atol=1e-6)
+    stderr = samples.std(0) / math.sqrt(len(samples))
+    assert ((samples.mean(0) - analytic).abs() < 4 * stderr).all()
+
+
+def test_meanfield_and_trace_elbo_agree_in_expectation():
+    vae = small_vae("normal", "diagonal", "bernoulli")
+    x = data_for("bernoulli", n=16)
+    with torch.no_grad():
+        losses = {name: make_objective(name, num_particles=20000).differentiable_loss(
+            vae.model, vae.guide, x) for name in ("elbo", "meanfield")}
+    assert losses["elbo"] == pytest.approx(float(losses["meanfield"]), rel=2e-3)
+
+
+def test_minibatch_objective_is_scaled_to_the_full_data():
+    vae = small_vae("normal", "diagonal", "bernoulli")
+    x = data_for("bernoulli")
+    idx = torch.arange(8)
+    elbo = make_objective("meanfield")
+    pyro.set_rng_seed(3)
+    scaled = elbo.differentiable_loss(vae.model, vae.guide, x[idx], idx=idx)
+    pyro.set_rng_seed(3)
+    plain = elbo.differentiable_loss(vae.model, vae.guide, x[idx])
+    assert scaled.item() == pytest.approx(plain.item() * DIMS.num_data / 8, rel=1e-5)
+
+
+def test_likelihoods_against_closed_forms():
+    dims = Dims(data_dim=5, latent_dim=2)
+    gen = torch.Generator().manual_seed(0)
+    out = torch.randn(4, 5, generator=gen)
+    x01 = torch.bernoulli(torch.full((4, 5), 0.5), generator=gen)
+    bern = registry.LIKELIHOODS["bernoulli"](dims)(out).log_prob(x01)
+    bce = binary_cross_entropy_with_logits(out, x01, reduction="none").sum(-1)
+    torch.testing.assert_close(bern, -bce)
+
+    x = torch.randn(4, 5, generator=gen)
+    unit = registry.LIKELIHOODS["gaussian"](dims)(out).log_prob(x)
+    by_hand = -0.5 * ((x - out) ** 2).sum(-1) - 2.5 * math.log(2 * math.pi)
+    torch.testing.assert_close(unit, by_hand)
+
+    iso = registry.LIKELIHOODS["gaussian-isotropic"](dims, init_scale=0.7)
+    assert iso.scale.item() == pytest.approx(0.7, rel=1e-6)
+    sigma = 0.7
+    by_hand = (-0.5 * ((x - out) ** 2).sum(-1) / sigma**2
+               - 5 * math.log(sigma) - 2.5 * math.log(2 * math.pi))
+    torch.testing.assert_close(iso(out).log_prob(x), by_hand, rtol=1e-5, atol=1e-5)
+
+    diag = registry.LIKELIHOODS["gaussian-diagonal"](dims, min_scale=0.05)
+    with torch.no_grad():
+        diag.raw_scale.fill_(-100.0)
+    torch.testing.assert_close(diag.scale, torch.full((5,), 0.05))
+
+
+def test_unknown_part_names_list_the_known_ones():
+    with pytest.raises(ConfigError, match="unknown prior 'vampire'; known priors: .*normal"):
+        build_vae(DIMS, prior="vampire")
+    with pytest.raises(ConfigError, match="bad options for likelihood 'bernoulli'"):
+        build_vae(DIMS, likelihood_options={"scale": 2.0})
+
+
+def test_conditional_vae_uses_the_label():
+    dims = Dims(data_dim=64, latent_dim=2, num_data=10, num_classes=10, image_shape=(8, 8))
+    vae = build_vae(dims, hidden=(16,))
+    x = data_for("bernoulli", n=10)
+    z = torch.zeros(10, 2)
+    means = [vae.decode(z, torch.full((10,), c)).mean for c in (0, 1)]
+    assert not torch.allclose(means[0], means[1])
+    with pytest.raises(ValueError, match="needs the labels"):
+        vae.model(x)
+    plain = small_vae("normal", "diagonal", "bernoulli")
+    with pytest.raises(ValueError, match="not conditional"):
+        plain.guide(x, torch.zeros(10, dtype=torch.long))
+
+
+@pytest.mark.parametrize("net", ["mlp", "conv"])
+def test_nets_reconstruct_the_data_shape(net):
+    """Conv and MLP nets both give one output per pixel for any batch shape, and the
+    conv encoder takes the condition alongside the image."""
+    dims = Dims(data_dim=64, latent_dim=2, num_data=10, num_classes=3, image_shape=(8, 8))
+    vae = build_vae(dims, encoder=net, decoder=net, hidden=(16,))
+    x = data_for("bernoulli", n=6)
+    y = torch.tensor([0, 1, 2, 0, 1, 2])
+    q = vae.encode(x, y)
+    assert q.batch_shape == (6,) and q.event_shape == (2,)
+    z = q.rsample((4,))
+    p = vae.decode(z, y)
+    assert p.batch_shape == (4, 6) and p.event_shape == (64,)
+    assert torch.isfinite(p.log_prob(x)).all()
