@@ -23,7 +23,7 @@ def image_grid(images, image_shape, *, ncols=10, title=None, ax=None):
         canvas[top : top + h, left : left + w] = images[i].reshape(h, w)
     if ax is None:
         _, ax = plt.subplots(figsize=(ncols * 0.6, nrows * 0.6 + 0.4))
-    ax.imshow(canvas, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -47,7 +47,7 @@ def prior_samples(vae, image_shape, *, num=50, y=None):
 def latent_space(vae, x, labels=None, *, y=None, ax=None):
     """Posterior means E_q[z | x], coloured by label; projected on 2 principal axes if L > 2."""
     with torch.no_grad():
-        z = vae.encode(x, y).mean.detach().cpu()
+        z = vae.encode(x, y).mean.detach().cpu().double()
     xlabel, ylabel = "z[0]", "z[1]"
     if z.shape[1] > 2:
         z = z - z.mean(0)
@@ -58,7 +58,8 @@ def latent_space(vae, x, labels=None, *, y=None, ax=None):
         z = torch.cat([z, torch.zeros_like(z)], 1)
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 4.5))
-    colours = None if labels is None else labels.detach().cpu()
+    colours = None if labels is None else labels.detach().cpu().numpy()
+    z = z.numpy()
     points = ax.scatter(z[:, 0], z[:, 1], c=colours, cmap="tab10", s=6, alpha=0.8)
     if labels is not None:
         ax.figure.colorbar(points, ax=ax, label="label")

@@ -198,7 +198,14 @@ class Trainer:
             if self.dynamic_binarize:
                 x = torch.bernoulli(x)
             y = None if self.y_train is None else self.y_train[idx]
-            loss = self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y, idx)
+            try:
+                loss = self.objective.differentiable_loss(self.vae.model, self.vae.guide,
+                                                          x, y, idx)
+            except ValueError:
+                # Distribution arguments that validation rejects (NaN locs, say) follow a
+                # NaN loss at an earlier step that has not been synced yet: report that one.
+                self._check_finite(int(first_bad))
+                raise
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()

@@ -1,0 +1,207 @@
+"""The training loop, run folders, checkpoints, resume, the NaN guard and the CLI's errors."""
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from ppl_vae.checkpoint import load_checkpoint, save_checkpoint
+from ppl_vae.cli import main
+from ppl_vae.config import MODELS_DIR, load_config
+from ppl_vae.errors import CheckpointError, TrainingDiverged
+from ppl_vae.evaluate import evaluate_elbo
+from ppl_vae.train import Trainer
+
+ROOT = Path(__file__).resolve().parent.parent
+SMALL = {"model.hidden": [32], "model.latent_dim": 2, "train.batch_size": 256}
+
+
+def small_config(epochs, **overrides):
+    return load_config("vae", {**SMALL, "train.epochs": epochs, **overrides})
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    err = capsys.readouterr().err
+    return code, err
+
+
+def test_training_raises_the_elbo(tmp_path):
+    trainer = Trainer(small_config(6, **{"train.lr": 3e-3}), tmp_path / "run", progress=False)
+    initial = evaluate_elbo(trainer.vae, trainer.x_test)["elbo"]
+    # A Bernoulli decoder at initialisation predicts about 1/2 everywhere: -64 log 2 nats.
+    assert initial == pytest.approx(-64 * math.log(2), abs=2.0)
+    trainer.run(figures=False)
+    elbos = [row["test_elbo"] for row in trainer.metrics]
+    assert elbos[-1] > elbos[0] + 1.0 > initial + 1.0
+    assert trainer.metrics[-1]["train_elbo"] > trainer.metrics[0]["train_elbo"]
+
+
+def test_resume_equals_an_uninterrupted_run(tmp_path):
+    straight = Trainer(small_config(4), tmp_path / "straight", progress=False)
+    straight.run(figures=False)
+
+    first = Trainer(small_config(2), tmp_path / "split", progress=False)
+    first.run(figures=False)
+    resumed = Trainer.resume(tmp_path / "split", overrides={"train.epochs": 4}, progress=False)
+    assert resumed.epoch == 2
+    resumed.run(figures=False)
+
+    a, b = straight.vae.state_dict(), resumed.vae.state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    assert [r["test_elbo"] for r in straight.metrics] == [r["test_elbo"] for r in resumed.metrics]
+    rows = (tmp_path / "split" / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 4
+
+
+@pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")  # Pyro's own NaN warning
+def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    trainer = Trainer(small_config(3), tmp_path / "run", progress=False)
+    trainer.run(figures=False)  # 3 epochs of 6 steps
+    checkpoint = tmp_path / "run" / "checkpoint.pt"
+    before = checkpoint.read_bytes()
+
+    resumed = Trainer.resume(tmp_path / "run", overrides={"train.epochs": 5}, progress=False)
+    decoder = resumed.vae.decoder
+    original = decoder.forward
+    calls = {"n": 0}
+
+    def poisoned(z):
+        calls["n"] += 1
+        out = original(z)
+        return out * float("nan") if calls["n"] == 4 else out
+
+    monkeypatch.setattr(decoder, "forward", poisoned)
+    with pytest.raises(TrainingDiverged, match=r"NaN or infinite at step 22 \(epoch 4\).*"
+                                               r"checkpoint of epoch 3 .* is intact"):
+        resumed.run(figures=False)
+    assert checkpoint.read_bytes() == before
+    assert load_checkpoint(checkpoint)["epoch"] == 3
+
+
+def test_checkpoints_hold_no_code(tmp_path):
+    class Payload:
+        def __reduce__(self):
+            return (print, ("this must never run",))
+
+    path = tmp_path / "evil.pt"
+    torch.save({"format": 1, "model": Payload()}, path)
+    with pytest.raises(CheckpointError, match="corrupt or not a ppl-vae checkpoint"):
+        load_checkpoint(path)
+
+
+def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    save_checkpoint(path, {"epoch": 1})
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(path, {"epoch": 2})
+    assert load_checkpoint(path)["epoch"] == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["checkpoint.pt"]
+
+
+@pytest.mark.parametrize("model_file", sorted(MODELS_DIR.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_model_file_trains(model_file, tmp_path):
+    config = load_config(model_file, {"train.epochs": 1})
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer.run(figures=False)
+    assert math.isfinite(trainer.metrics[-1]["test_elbo"])
+    assert math.isfinite(trainer.metrics[-1]["train_elbo"])
+
+
+def test_cli_writes_a_complete_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = main(["train", "--epochs", "2", "--hidden", "32", "--latent-dim", "2",
+                 "--out", str(out), "--quiet"])
+    assert code == 0
+    names = {p.name for p in out.iterdir()}
+    assert names == {"config.toml", "metrics.csv", "checkpoint.pt", "elbo.png", "latent.png",
+                     "reconstructions.png", "samples.png"}
+    config = load_config(out / "config.toml")
+    assert config["model"]["hidden"] == [32] and config["train"]["epochs"] == 2
+    assert "test ELBO" in capsys.readouterr().out
+
+
+def test_script_runs(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "train_vae.py"), "--epochs", "1",
+         "--hidden", "16", "--out", str(tmp_path / "run"), "--quiet"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "run" / "checkpoint.pt").is_file()
+
+
+# ---------------------------------------------------------------- bad input
+
+def write_npy(tmp_path, array, name="data.npy"):
+    path = tmp_path / name
+    np.save(path, array)
+    return str(path)
+
+
+@pytest.mark.parametrize("make_args,expected", [
+    (lambda t: ["--dataset", write_npy(t, np.full((20, 4), np.nan))], "NaN"),
+    (lambda t: ["--dataset", write_npy(t, np.full((20, 4), 2.0))], "--likelihood gaussian"),
+    (lambda t: ["--dataset", "mnist", "--data-dir", str(t / "nowhere")], "--download"),
+    (lambda t: ["--prior", "vampire"], "known priors: "),
+    (lambda t: ["--model", "no_such_model"], "no model file"),
+    (lambda t: ["--hidden", "16", "--objective", "nope"], "known objectives: "),
+])
+def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, make_args, expected):
+    out = tmp_path / "run"
+    code, err = run_cli(capsys, "train", "--epochs", "1", "--out", str(out), "--quiet",
+                        *make_args(tmp_path))
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1, err
+    assert expected in err
+    assert not out.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has CUDA")
+def test_cuda_without_a_gpu_says_so(tmp_path, capsys):
+    code, err = run_cli(capsys, "train", "--device", "cuda", "--out", str(tmp_path / "r"))
+    assert code == 2 and "CUDA is not available" in err and "--device cpu" in err
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--hidden", "16", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    code, err = run_cli(capsys, "train", "--epochs", "1", "--out", str(out))
+    assert code == 2 and "already exists" in err and f"--resume {out}" in err
+    code, err = run_cli(capsys, "train", "--resume", str(out), "--latent-dim", "5")
+    assert code == 2 and "cannot change model.latent_dim when resuming" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--epochs", "1", "--hidden", "16", "--out", str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    checkpoint = out / "checkpoint.pt"
+    good = checkpoint.read_bytes()
+
+    checkpoint.write_bytes(good[: len(good) // 2])
+    code, err = run_cli(capsys, "train", "--resume", str(out), "--epochs", "2", "--quiet")
+    assert code == 2 and "corrupt" in err and err.count("\n") == 1
+
+    checkpoint.write_bytes(good)
+    other = write_npy(tmp_path, np.random.default_rng(0).random((30, 10)))
+    config = (out / "config.toml").read_text().replace('dataset = "digits"',
+                                                       f'dataset = "{other}"')
+    (out / "config.toml").write_text(config)
+    code, err = run_cli(capsys, "train", "--resume", str(out), "--epochs", "2", "--quiet")
+    assert code == 2 and "dimension 64" in err and "dimension 10" in err
+    assert checkpoint.read_bytes() == good
