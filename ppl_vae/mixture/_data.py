@@ -1,0 +1,200 @@
+"""Data for the mixtures: checked once at the boundary, then streamed in chunks.
+
+The E-step never holds an N x K array: :class:`ChunkedData` yields the data a block of
+rows at a time, already centred on the training mean and cast to the compute dtype, so
+that the estimators see float32 numbers of order one even when the user's data sit far
+from the origin. The source array is not copied on the CPU (a numpy array is wrapped
+with ``torch.from_numpy``); only on another device is one centred copy made there.
+"""
+
+import math
+import warnings
+
+import numpy as np
+import torch
+
+from ppl_vae.errors import ConfigError, DataError
+
+# Bytes that one chunk's largest E-step intermediate may take, per device type: small
+# enough to stay in the CPU's cache, large enough to keep a GPU busy.
+CHUNK_BYTES = {"cpu": 4 * 2**20, "cuda": 256 * 2**20}
+MIN_CHUNK, MAX_CHUNK = 256, 2**20
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+class DegenerateDataWarning(UserWarning):
+    """The data leave part of the model undetermined (constant features, duplicate points,
+    empty or collapsed components); ``reg_covar`` keeps the fit finite."""
+
+
+class ConvergenceWarning(UserWarning):
+    """The best restart stopped at ``max_iter`` before its objective changed by less than
+    ``tol``."""
+
+
+def resolve_dtype(dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ConfigError(f"dtype must be 'float32' or 'float64'; got {dtype!r}")
+
+
+def as_2d_tensor(X, *, name="X") -> torch.Tensor:
+    """``X`` (numpy array, torch tensor or nested lists) as a 2-D real CPU/GPU tensor.
+
+    Wraps numpy memory without copying it. Raises :class:`DataError` with one line for
+    non-numeric values, a shape other than (n_samples, n_features), or an empty array.
+    """
+    if isinstance(X, torch.Tensor):
+        tensor = X.detach()
+    else:
+        try:
+            array = np.asarray(X)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name}: expected an array of real numbers ({exc})") from None
+        if array.dtype.kind not in "biuf":
+            raise DataError(f"{name}: expected an array of real numbers; got dtype {array.dtype}")
+        if array.dtype.kind in "bc" or not array.dtype.isnative or array.dtype == np.float16:
+            array = array.astype(np.float64)
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        raise DataError(f"{name}: expected an array of real numbers; got dtype {tensor.dtype}")
+    if tensor.ndim != 2:
+        raise DataError(
+            f"{name}: expected 2-D data of shape (n_samples, n_features); "
+            f"got shape {tuple(tensor.shape)}"
+        )
+    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise DataError(f"{name}: expected at least one sample and one feature; "
+                        f"got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def default_chunk_size(row_floats: int, device: torch.device, itemsize: int) -> int:
+    """Rows per chunk such that a ``(rows, row_floats)`` intermediate fills CHUNK_BYTES."""
+    rows = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cpu"]) // max(1, row_floats * itemsize)
+    return int(min(MAX_CHUNK, max(MIN_CHUNK, rows)))
+
+
+class ChunkedData:
+    """A validated (n_samples, n_features) array, streamed in centred chunks.
+
+    Parameters
+    ----------
+    X : array-like or torch.Tensor of shape (n_samples, n_features)
+    device : torch.device
+        Where the chunks are computed.
+    dtype : torch.dtype
+        Compute dtype of the chunks (statistics are accumulated in float64 by callers).
+    center : torch.Tensor of shape (n_features,), optional
+        The origin of the chunks' coordinates (float64). Default: the mean of ``X``.
+    n_features : int, optional
+        The number of features the caller expects (checked).
+    name : str
+        What to call ``X`` in error messages.
+    """
+
+    def __init__(self, X, *, device, dtype, center=None, n_features=None, name="X"):
+        source = as_2d_tensor(X, name=name)
+        self.n_samples, self.n_features = source.shape
+        if n_features is not None and self.n_features != n_features:
+            raise DataError(
+                f"{name}: expected {n_features} features, as in the data the model was "
+                f"fitted on; got shape {tuple(source.shape)}"
+            )
+        self.device, self.dtype, self.name = device, dtype, name
+        self.chunk_size = MAX_CHUNK
+        self._source = source
+        self._resident = False
+        self._check_finite()
+        self.center = self._mean() if center is None else center.to(device, torch.float64)
+        self._center_c = self.center.to(dtype)
+        if source.device != device:
+            self._source = self._resident_copy()
+
+    def _raw_chunks(self, size=None):
+        size = size or self.chunk_size
+        for start in range(0, self.n_samples, size):
+            yield start, self._source[start:start + size]
+
+    def _check_finite(self):
+        for start, block in self._raw_chunks(2**16):
+            if block.is_floating_point():
+                bad = ~torch.isfinite(block)
+                if bad.any():
+                    row, col = (int(i) for i in bad.nonzero()[0])
+                    value = block[row, col].item()
+                    raise DataError(
+                        f"{self.name}: contains NaN or inf (first at row {start + row}, "
+                        f"column {col}: {value}); remove or impute those values"
+                    )
+
+    def _mean(self) -> torch.Tensor:
+        total = torch.zeros(self.n_features, dtype=torch.float64, device=self._source.device)
+        for _, block in self._raw_chunks(2**16):
+            total += block.to(torch.float64).sum(0)
+        return (total / self.n_samples).to(self.device)
+
+    def _resident_copy(self) -> torch.Tensor:
+        # One centred copy on the compute device; chunks are then views of it.
+        copy = torch.empty((self.n_samples, self.n_features), dtype=self.dtype,
+                           device=self.device)
+        for start, block in self._raw_chunks(2**16):
+            centred = block.to(self.device, torch.float64) - self.center
+            copy[start:start + len(block)] = centred.to(self.dtype)
+        self._center_c = torch.zeros_like(self._center_c)
+        self._resident = True
+        return copy
+
+    def chunks(self):
+        """Yield ``(start, x)``: x has shape (rows, n_features), centred, compute dtype."""
+        for start, block in self._raw_chunks():
+            if block.dtype == self.dtype:
+                yield start, block - self._center_c
+            else:
+                yield start, (block.to(torch.float64) - self.center.to(block.device)).to(
+                    self.device, self.dtype)
+
+    def rows(self, index: torch.Tensor) -> torch.Tensor:
+        """Centred float64 rows ``index`` (a 1-D integer tensor)."""
+        block = self._source[index.to(self._source.device)].to(self.device, torch.float64)
+        return block if self._resident else block - self.center
+
+    def moments(self):
+        """Mean-centred scatter ``sum_n (x_n - c)(x_n - c)^T`` (float64, (d, d)) and the
+        offset of the true mean from the centre ``c`` (zero when ``c`` is the mean)."""
+        d = self.n_features
+        scatter = torch.zeros((d, d), dtype=torch.float64, device=self.device)
+        total = torch.zeros(d, dtype=torch.float64, device=self.device)
+        for _, x in self.chunks():
+            x64 = x.to(torch.float64)
+            scatter += x64.T @ x64
+            total += x64.sum(0)
+        offset = total / self.n_samples
+        scatter -= self.n_samples * torch.outer(offset, offset)
+        return scatter, offset
+
+
+def warn_constant_features(variances: torch.Tensor, scale: float):
+    """Warn when features have (numerically) zero variance."""
+    constant = (variances <= 1e-12 * max(scale, 1e-300)).nonzero().flatten().tolist()
+    if constant:
+        shown = constant[:10] + (["..."] if len(constant) > 10 else [])
+        warnings.warn(
+            f"feature(s) {shown} have zero variance; their variance in every component is "
+            "reg_covar alone, which dominates the log-likelihood; drop or rescale them",
+            DegenerateDataWarning, stacklevel=4,
+        )
+
+
+def check_n_samples(n_samples: int, n_components: int, name="X"):
+    if n_samples < max(2, n_components):
+        raise DataError(
+            f"{name}: {n_samples} samples are too few for n_components={n_components}; "
+            f"need at least {max(2, n_components)}"
+        )
+
+
+def log_2pi(d: int) -> float:
+    return d * math.log(2 * math.pi)
