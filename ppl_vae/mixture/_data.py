@@ -162,18 +162,19 @@ class ChunkedData:
         return block if self._resident else block - self.center
 
     def moments(self):
-        """Mean-centred scatter ``sum_n (x_n - c)(x_n - c)^T`` (float64, (d, d)) and the
-        offset of the true mean from the centre ``c`` (zero when ``c`` is the mean)."""
+        """Second moment ``sum_n (x_n - c)(x_n - c)^T`` about the centre ``c`` and the
+        offset of the data mean from ``c`` (zero up to rounding when ``c`` is the mean),
+        both float64 and computed from the float64 data."""
         d = self.n_features
-        scatter = torch.zeros((d, d), dtype=torch.float64, device=self.device)
+        second = torch.zeros((d, d), dtype=torch.float64, device=self.device)
         total = torch.zeros(d, dtype=torch.float64, device=self.device)
-        for _, x in self.chunks():
-            x64 = x.to(torch.float64)
-            scatter += x64.T @ x64
-            total += x64.sum(0)
-        offset = total / self.n_samples
-        scatter -= self.n_samples * torch.outer(offset, offset)
-        return scatter, offset
+        for _, block in self._raw_chunks():
+            x = block.to(self.device, torch.float64)
+            if not self._resident:
+                x = x - self.center
+            second += x.T @ x
+            total += x.sum(0)
+        return second, total / self.n_samples
 
 
 def warn_constant_features(variances: torch.Tensor, scale: float):

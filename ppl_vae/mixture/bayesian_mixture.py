@@ -121,7 +121,7 @@ class BayesianGaussianMixture(BaseMixture):
 
     .. math::
         C = -\tfrac{Nd}{2}\log 2\pi + \tfrac{Kd}{2}\log\beta_0 + K \log B(W_0, \nu_0)
-            + c_\pi,
+            + \tfrac{K d (d-1)}{4} \log \pi + c_\pi,
 
     with :math:`c_\pi = \log\Gamma(K\alpha_0) - K\log\Gamma(\alpha_0)` for the Dirichlet
     and :math:`c_\pi = K\log\gamma` for the sticks. Unlike the EM objective, this bound
@@ -271,8 +271,8 @@ class BayesianGaussianMixture(BaseMixture):
                 - 0.5 * (nk * cov.quad_form(xk - m, prec_chol)).sum(-1)
                 + (nk * log_pi).sum(-1))
         # E[log p(mu, Lambda)] (10.74)
-        log_det_w0 = -2 * cov.log_det_cholesky(cov.precision_cholesky(prior["cov0"],
-                                                                      self.reg_covar))
+        log_det_w0 = 2 * cov.log_det_cholesky(cov.precision_cholesky(prior["cov0"],
+                                                                     self.reg_covar))
         log_b0 = _log_wishart_norm(log_det_w0.reshape(()), torch.full_like(log_det_w0, nu0)
                                    .reshape(()), d)
         p_theta = (0.5 * (d * math.log(beta0 / (2 * math.pi)) + log_lambda - d * beta0 / beta
