@@ -205,3 +205,24 @@ def test_corrupt_or_mismatched_checkpoints_are_refused(tmp_path, capsys):
     code, err = run_cli(capsys, "train", "--resume", str(out), "--epochs", "2", "--quiet")
     assert code == 2 and "dimension 64" in err and "dimension 10" in err
     assert checkpoint.read_bytes() == good
+
+
+def test_auto_device_falls_back_to_the_cpu():
+    from ppl_vae.device import resolve_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    assert resolve_device("cpu").type == "cpu"
+
+
+@pytest.mark.cuda
+def test_training_on_cuda_matches_the_cpu_objective(tmp_path):
+    """On a GPU the same run trains and evaluates on the device, with a comparable ELBO."""
+    results = {}
+    for device in ("cpu", "cuda"):
+        trainer = Trainer(small_config(3, **{"train.device": device}), tmp_path / device,
+                          progress=False)
+        assert trainer.x_train.device.type == device
+        trainer.run(figures=device == "cuda")
+        results[device] = trainer.metrics[-1]["test_elbo"]
+    assert results["cuda"] == pytest.approx(results["cpu"], abs=1.5)
