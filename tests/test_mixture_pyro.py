@@ -160,8 +160,10 @@ def test_map_recovers_blobs(blob_data, map_fit):
     # 4 of those, per coordinate.
     tolerance = 4 * np.sqrt(np.diagonal(TRUE_COVARIANCES, axis1=1, axis2=2) / counts[:, None])
     assert np.all(np.abs(fitted["means"] - TRUE_MEANS) < tolerance)
-    # Binomial std of the frequency, sqrt(0.25 * 0.75 / 300) ~ 0.025, 4 of those.
-    assert np.all(np.abs(fitted["weights"] - TRUE_WEIGHTS) < 0.1)
+    # Binomial std of a frequency, sqrt(0.4 * 0.6 / 300) ~ 0.028, 4 of those; and with
+    # separated blobs the weights are the observed frequencies (mean responsibilities).
+    assert np.all(np.abs(fitted["weights"] - TRUE_WEIGHTS) < 0.11)
+    np.testing.assert_allclose(fitted["weights"], counts / len(labels), atol=0.01)
 
 
 def test_map_agrees_with_em(blob_data, map_fit):
@@ -169,7 +171,7 @@ def test_map_agrees_with_em(blob_data, map_fit):
 
     Tolerances: the flat Dirichlet leaves the weights' optimum where EM's is (5e-4 covers
     the optimiser); the means' Normal prior (10 data stds) adds a precision ~1e-5 of the
-    likelihood's, so means agree to 1e-2; the LogNormal prior on the scales acts like
+    likelihood's, so means agree to 2e-3; the LogNormal prior on the scales acts like
     about one extra pseudo-observation per ~100 points, so covariances agree to 3 % and
     the mean log-likelihood to 1e-3 nats.
     """
@@ -178,7 +180,7 @@ def test_map_agrees_with_em(blob_data, map_fit):
     ours = align_components(em.means_, {"weights": map_fit.weights_, "means": map_fit.means_,
                                         "covariances": map_fit.covariances_})
     np.testing.assert_allclose(ours["weights"], em.weights_, atol=5e-4)
-    np.testing.assert_allclose(ours["means"], em.means_, atol=1e-2)
+    np.testing.assert_allclose(ours["means"], em.means_, atol=2e-3)
     np.testing.assert_allclose(ours["covariances"], em.covariances_, rtol=0.03, atol=0.01)
     assert map_fit.score(X) == pytest.approx(em.score(X), abs=1e-3)
     assert map_fit.score(X) <= em.score(X) + 1e-6  # EM maximises exactly this
@@ -230,7 +232,8 @@ def test_seed_reproducible_and_global_rng_untouched():
     X, _ = blobs(60, seed=3)
     torch.manual_seed(123)
     before = torch.get_rng_state()
-    fits = [PyroGaussianMixture(3, guide="meanfield", num_steps=5, random_state=7).fit(X)
+    fits = [PyroGaussianMixture(3, guide="meanfield", num_steps=5, batch_size=20,
+                                random_state=7).fit(X)
             for _ in range(2)]
     assert torch.equal(torch.get_rng_state(), before)
     np.testing.assert_array_equal(fits[0].lower_bounds_, fits[1].lower_bounds_)
