@@ -77,7 +77,9 @@ def _int_list(text):
 
 
 def train_command(args):
+    from ppl_vae import distributed
     from ppl_vae.config import load_config
+    from ppl_vae.device import resolve_device
     from ppl_vae.train import Trainer, new_run_dir
 
     overrides = {key: getattr(args, flag) for flag, key in TRAIN_OVERRIDES.items()}
@@ -88,8 +90,14 @@ def train_command(args):
         trainer = Trainer.resume(args.resume, overrides=given, progress=not args.quiet)
     else:
         config = load_config(args.model, overrides)
+        # Under torchrun every process picks the same folder; none creates it before all have.
+        distributed.init_from_environment(resolve_device(config["train"]["device"]))
         run_dir = new_run_dir(args.out, config["name"])
+        distributed.barrier()
         trainer = Trainer(config, run_dir, progress=not args.quiet)
+    if not distributed.is_main():
+        trainer.run()
+        return 0
     print(f"training {trainer.config['name']} on {trainer.data.name} "
           f"({trainer.dims.num_data} examples, D={trainer.dims.data_dim}) "
           f"on {trainer.device}; writing to {trainer.run_dir}", file=sys.stderr)

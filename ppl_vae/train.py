@@ -6,6 +6,13 @@ Each step is one SVI step on the minibatch ELBO. It is written as Pyro's
 the form Pyro's own distributed examples use: it is exactly what ``SVI.step`` computes, but
 the parameters and optimizer state are ordinary ``state_dict``s, so checkpoints load with
 ``weights_only=True`` and the same loop runs under DistributedDataParallel.
+
+Randomness is reseeded at the start of every epoch from (seed, epoch, rank): the shuffle
+from (seed, epoch), identical on every process; the Monte Carlo draws from
+(seed, epoch, rank). A resumed run therefore needs no saved RNG state to continue exactly.
+Under ``torchrun`` each process takes every ``world_size``-th example of each global
+minibatch (``batch_size`` is the global size); DDP averages the gradients, which equals
+the single-process gradient of the whole minibatch when the shards are of equal size.
 """
 
 import csv
@@ -13,10 +20,14 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import pyro
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from ppl_vae import distributed
 from ppl_vae.checkpoint import load_checkpoint, save_checkpoint
 from ppl_vae.config import dump_toml, load_config
 from ppl_vae.data import binarize, check_data, load_dataset
@@ -55,7 +66,7 @@ class Trainer:
         self.run_dir = Path(run_dir)
         self.progress = progress
         data_cfg, model_cfg, train_cfg = config["data"], config["model"], config["train"]
-        self.device = resolve_device(train_cfg["device"])
+        self.device = distributed.init_from_environment(resolve_device(train_cfg["device"]))
 
         self.data = load_dataset(data_cfg["dataset"], data_dir=data_cfg["data_dir"],
                                  download=data_cfg["download"],
@@ -81,6 +92,10 @@ class Trainer:
         self.objective = make_objective(train_cfg["objective"],
                                         num_particles=train_cfg["num_particles"])
         self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=train_cfg["lr"])
+        self.loss = _Objective(self.vae, self.objective)
+        if distributed.is_distributed():
+            self.loss = DistributedDataParallel(
+                self.loss, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self._prepare_data(data_cfg["binarize"] if support == "unit" else "none",
                            seed=train_cfg["seed"])
         self.epoch, self.step, self.metrics = 0, 0, []
@@ -138,9 +153,6 @@ class Trainer:
             first = str(err).strip().splitlines()[0]
             raise CheckpointError(f"the checkpoint in {self.run_dir} does not fit the model "
                                   f"of its config.toml: {first}") from None
-        torch.set_rng_state(state["rng"]["torch"])
-        if self.device.type == "cuda" and state["rng"]["cuda"] is not None:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], self.device)
         self.epoch, self.step = state["epoch"], state["step"]
         self.metrics = list(state["metrics"])
 
@@ -151,34 +163,49 @@ class Trainer:
 
         Returns the last row of metrics (a dict).
         """
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.toml").write_text(dump_toml(self.config))
+        main = distributed.is_main()
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.toml").write_text(dump_toml(self.config))
         epochs = self.config["train"]["epochs"]
         steps_per_epoch = -(-self.x_train.shape[0] // self.config["train"]["batch_size"])
         bar = tqdm(total=epochs * steps_per_epoch, initial=self.epoch * steps_per_epoch,
-                   disable=not self.progress, unit="step", dynamic_ncols=True)
+                   disable=not (self.progress and main), unit="step", dynamic_ncols=True)
         try:
             while self.epoch < epochs:
                 start = time.perf_counter()
                 train_elbo = self.train_epoch(bar)
                 self.epoch += 1
-                self.vae.eval()
-                test = evaluate_elbo(self.vae, self.x_test, self.y_test)
-                self.vae.train()
+                test = self.evaluate()
                 row = {"epoch": self.epoch, "step": self.step, "train_elbo": train_elbo,
                        "test_elbo": test["elbo"], "test_recon": test["recon"],
                        "test_kl": test["kl"], "seconds": time.perf_counter() - start}
                 self.metrics.append(row)
                 bar.set_postfix(epoch=self.epoch, train_elbo=f"{train_elbo:.2f}",
                                 test_elbo=f"{test['elbo']:.2f}")
-                self.save()
+                if main:
+                    self.save()
         finally:
             bar.close()
-        if figures:
+        if figures and main:
             from ppl_vae.plots import save_run_figures
 
             save_run_figures(self.vae, self.data.to(self.device), self.metrics, self.run_dir)
         return self.metrics[-1] if self.metrics else None
+
+    def evaluate(self):
+        """Test ELBO and its terms (nats per example), each process scoring its shard."""
+        self.vae.eval()
+        shard = slice(distributed.rank(), None, distributed.world_size())
+        y = None if self.y_test is None else self.y_test[shard]
+        x = self.x_test[shard]
+        means = evaluate_elbo(self.vae, x, y)
+        self.vae.train()
+        keys = sorted(means)
+        sums = torch.tensor([means[k] * x.shape[0] for k in keys], dtype=torch.float64,
+                            device=self.device)
+        sums = distributed.all_reduce_sum(sums) / self.x_test.shape[0]
+        return dict(zip(keys, sums.tolist(), strict=True))
 
     def train_epoch(self, bar=None, sync_every=25):
         """One pass over the shuffled training set. Returns the mean train ELBO per example.
@@ -188,23 +215,22 @@ class Trainer:
         """
         batch_size = self.config["train"]["batch_size"]
         n = self.x_train.shape[0]
-        order = torch.randperm(n, device=self.device)
+        order = self._seed_epoch(n)
         total = torch.zeros((), device=self.device)
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
         num_batches = reported = 0
         for num_batches, start in enumerate(range(0, n, batch_size), 1):
-            idx = order[start : start + batch_size]
+            idx = distributed.shard(order[start : start + batch_size])
             x = self.x_train[idx]
             if self.dynamic_binarize:
                 x = torch.bernoulli(x)
             y = None if self.y_train is None else self.y_train[idx]
             try:
-                loss = self.objective.differentiable_loss(self.vae.model, self.vae.guide,
-                                                          x, y, idx)
+                loss = self.loss(x, y, idx)
             except ValueError:
                 # Distribution arguments that validation rejects (NaN locs, say) follow a
                 # NaN loss at an earlier step that has not been synced yet: report that one.
-                self._check_finite(int(first_bad))
+                self._check_finite(first_bad)
                 raise
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -215,16 +241,34 @@ class Trainer:
             first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss),
                                     self.step, first_bad)
             if num_batches % sync_every == 0 or start + batch_size >= n:
-                self._check_finite(int(first_bad))
+                self._check_finite(first_bad)
                 if bar is not None:
                     bar.update(num_batches - reported)
                     reported = num_batches
                     bar.set_postfix(epoch=self.epoch + 1,
                                     elbo=f"{-float(total) / num_batches / n:.2f}")
+        # Each process's loss estimates the full-data -ELBO; report their mean.
+        total = distributed.all_reduce_sum(total) / distributed.world_size()
         return -float(total) / num_batches / n
 
-    def _check_finite(self, bad_step):
-        if bad_step < 0:
+    def _seed_epoch(self, n):
+        """Reseed for this epoch; returns its shuffle of range(n), the same on every process."""
+        seed = self.config["train"]["seed"]
+        shuffle_seed = np.random.SeedSequence([seed, self.epoch]).generate_state(1)[0]
+        draw_seed = np.random.SeedSequence(
+            [seed, self.epoch, distributed.rank()]).generate_state(1)[0]
+        torch.manual_seed(int(draw_seed))
+        gen = torch.Generator().manual_seed(int(shuffle_seed))
+        return torch.randperm(n, generator=gen).to(self.device)
+
+    def _check_finite(self, first_bad):
+        # Every process must agree to stop, or the others would wait for it forever.
+        bad = first_bad.clone()
+        bad[bad < 0] = torch.iinfo(torch.long).max
+        if distributed.is_distributed():
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MIN)
+        bad_step = int(bad)
+        if bad_step == torch.iinfo(torch.long).max:
             return
         where = (f"the checkpoint of epoch {self.epoch} in {self.run_dir / CHECKPOINT} is "
                  "intact" if self.epoch else "no checkpoint was written")
@@ -237,7 +281,6 @@ class Trainer:
             writer = csv.DictWriter(f, fieldnames=METRICS)
             writer.writeheader()
             writer.writerows(self.metrics)
-        cuda_rng = torch.cuda.get_rng_state(self.device) if self.device.type == "cuda" else None
         save_checkpoint(self.run_dir / CHECKPOINT, {
             "epoch": self.epoch,
             "step": self.step,
@@ -245,9 +288,20 @@ class Trainer:
             "config": dump_toml(self.config),
             "model": self.vae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "cuda": cuda_rng},
             "metrics": self.metrics,
         })
+
+
+class _Objective(nn.Module):
+    """The minibatch loss -ELBO as a module, so DistributedDataParallel can wrap it."""
+
+    def __init__(self, vae, objective):
+        super().__init__()
+        self.vae = vae
+        self.objective = objective
+
+    def forward(self, x, y, idx):
+        return self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y, idx)
 
 
 def _as_tuple(value):
