@@ -18,6 +18,7 @@ Hooks for a subclass (all shapes carry a leading restart axis R):
 """
 
 import inspect
+import math
 import warnings
 from dataclasses import dataclass, field
 
@@ -40,6 +41,7 @@ from ppl_vae.mixture._data import (
 # nk gets this added before dividing, as in scikit-learn, so that an empty component
 # gives finite (if meaningless) statistics rather than 0/0.
 NK_EPS = 10 * torch.finfo(torch.float64).eps
+_EXP_FLOOR = {t: math.log(torch.finfo(t).tiny) + 1 for t in (torch.float32, torch.float64)}
 
 
 @dataclass
@@ -82,9 +84,13 @@ class Statistics:
 
 def _softmax_stats(log_rho, need_log_resp):
     """Responsibilities, log-normaliser (log-sum-exp) and optionally log responsibilities,
-    with one exp: log_rho is overwritten."""
+    with one exp: log_rho is overwritten.
+
+    Shifted log-probabilities are floored where exp stays a normal number: a smaller
+    responsibility is zero at the dtype's precision anyway, and exp of arguments that
+    underflow is 10-30 times slower on the CPU."""
     top = log_rho.amax(-1, keepdim=True)
-    log_rho.sub_(top)
+    log_rho.sub_(top).clamp_(min=_EXP_FLOOR[log_rho.dtype])
     resp = log_rho.exp()
     total = resp.sum(-1, keepdim=True)
     resp.div_(total)
@@ -176,7 +182,7 @@ class BaseMixture:
         rk = restarts * self.n_components
         data.chunk_size = self.chunk_size or default_chunk_size(
             cov.row_floats(rk, data.n_features) + 4 * rk, device, dtype.itemsize)
-        moments, offset = data.moments()
+        moments, offset = data.moments(full=cov.full_moments)
         ctx = FitContext(data, cov, int(self.n_components), restarts, moments, offset)
         variances = torch.diagonal(ctx.covariance())
         warn_constant_features(variances, float(variances.max()))

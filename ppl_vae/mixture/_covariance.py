@@ -74,6 +74,8 @@ class CovarianceType:
 
     name: str
     per_component = True
+    # Whether estimates need the data's full second moment (else its diagonal suffices).
+    full_moments = True
 
     def __init__(self, n_features: int):
         self.n_features = n_features
@@ -284,6 +286,7 @@ class Tied(Full):
 
 class Diag(CovarianceType):
     name = "diag"
+    full_moments = False
 
     def n_parameters(self, n_components, n_features):
         return n_components * n_features

@@ -71,6 +71,24 @@ def as_2d_tensor(X, *, name="X") -> torch.Tensor:
     return tensor
 
 
+def check_finite(tensor, name="X", block=2**16):
+    """Raise :class:`DataError` naming the first NaN or inf in a 2-D tensor."""
+    if not tensor.is_floating_point():
+        return
+    for start in range(0, len(tensor), block):
+        rows = tensor[start:start + block]
+        # A finite sum is the fast proof; NaN and inf always make the sum non-finite.
+        if bool(torch.isfinite(rows.sum())):
+            continue
+        bad = ~torch.isfinite(rows)
+        if bool(bad.any()):
+            row, col = (int(i) for i in bad.nonzero()[0])
+            raise DataError(
+                f"{name}: contains NaN or inf (first at row {start + row}, column {col}: "
+                f"{rows[row, col].item()}); remove or impute those values"
+            )
+
+
 def default_chunk_size(row_floats: int, device: torch.device, itemsize: int) -> int:
     """Rows per chunk such that a ``(rows, row_floats)`` intermediate fills CHUNK_BYTES."""
     rows = CHUNK_BYTES.get(device.type, CHUNK_BYTES["cpu"]) // max(1, row_floats * itemsize)
@@ -119,16 +137,7 @@ class ChunkedData:
             yield start, self._source[start:start + size]
 
     def _check_finite(self):
-        for start, block in self._raw_chunks(2**16):
-            if block.is_floating_point():
-                bad = ~torch.isfinite(block)
-                if bad.any():
-                    row, col = (int(i) for i in bad.nonzero()[0])
-                    value = block[row, col].item()
-                    raise DataError(
-                        f"{self.name}: contains NaN or inf (first at row {start + row}, "
-                        f"column {col}: {value}); remove or impute those values"
-                    )
+        check_finite(self._source, self.name)
 
     def _mean(self) -> torch.Tensor:
         total = torch.zeros(self.n_features, dtype=torch.float64, device=self._source.device)
@@ -161,20 +170,21 @@ class ChunkedData:
         block = self._source[index.to(self._source.device)].to(self.device, torch.float64)
         return block if self._resident else block - self.center
 
-    def moments(self):
-        """Second moment ``sum_n (x_n - c)(x_n - c)^T`` about the centre ``c`` and the
-        offset of the data mean from ``c`` (zero up to rounding when ``c`` is the mean),
-        both float64 and computed from the float64 data."""
+    def moments(self, full=True):
+        """Second moment ``sum_n (x_n - c)(x_n - c)^T`` about the centre ``c`` (only its
+        diagonal, as a diagonal matrix, when ``full`` is False) and the offset of the data
+        mean from ``c`` (zero up to rounding when ``c`` is the mean); float64, computed
+        from the float64 data."""
         d = self.n_features
-        second = torch.zeros((d, d), dtype=torch.float64, device=self.device)
+        second = torch.zeros((d, d) if full else (d,), dtype=torch.float64, device=self.device)
         total = torch.zeros(d, dtype=torch.float64, device=self.device)
         for _, block in self._raw_chunks():
             x = block.to(self.device, torch.float64)
             if not self._resident:
                 x = x - self.center
-            second += x.T @ x
+            second += x.T @ x if full else x.square().sum(0)
             total += x.sum(0)
-        return second, total / self.n_samples
+        return (second if full else torch.diag(second)), total / self.n_samples
 
 
 def warn_constant_features(variances: torch.Tensor, scale: float):

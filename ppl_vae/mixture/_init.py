@@ -62,6 +62,15 @@ def _sample_proportional(data, weights, n, generator):
     return torch.tensor(picked)
 
 
+def distinct_indices(n, count, generator):
+    """``count`` distinct indices below n, uniformly, without an O(n) permutation."""
+    chosen = []
+    while len(chosen) < count:
+        draws = torch.randint(n, (2 * count,), generator=generator).tolist()
+        chosen = list(dict.fromkeys(chosen + draws))
+    return torch.tensor(chosen[:count])
+
+
 def kmeans_plusplus(data, n_clusters, n_restarts, generator):
     """Greedy k-means++ seeds (Arthur & Vassilvitskii, 2007): indices of shape (R, K).
 
@@ -186,7 +195,7 @@ def responsibilities(init_params, data, n_clusters, n_restarts, generator, varia
     if init_params == "random_from_data":
         if data.n_samples < n_clusters:
             raise DataError(f"need at least {n_clusters} samples")
-        indices = torch.stack([torch.randperm(data.n_samples, generator=generator)[:n_clusters]
+        indices = torch.stack([distinct_indices(data.n_samples, n_clusters, generator)
                                for _ in range(n_restarts)])
         return seed_points(indices, n_clusters)
     if init_params == "random":

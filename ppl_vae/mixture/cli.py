@@ -1,0 +1,334 @@
+"""The ``gmm`` command: fit a Gaussian mixture by EM, CAVI, Pyro SVI or NUTS.
+
+``ppl-vae gmm ...`` and ``python scripts/fit_gmm.py ...`` run :func:`main`. It loads a
+data set (synthetic blobs with known labels by default), fits the chosen method on 80%
+of it while printing the objective per iteration, and writes ``ellipses.png``,
+``objective.png`` and ``result.json`` (objective history, parameters, train and held-out
+log-likelihood in nats per example, adjusted Rand index against known labels) into
+``--out``. User errors print one line, ``error: ...``, and return exit status 2.
+"""
+
+import argparse
+import json
+import math
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ppl_vae.errors import ConfigError, DataError, PplVaeError
+from ppl_vae.mixture._covariance import COVARIANCE_TYPES, covariance_type
+from ppl_vae.mixture._data import as_2d_tensor, check_finite
+
+METHOD_NAMES = ("em", "cavi", "pyro-map", "pyro-meanfield", "nuts")
+TEST_FRACTION = 0.2
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error as one line and exit status 2."""
+
+    def error(self, message):
+        raise ConfigError(message)
+
+
+# ---------------------------------------------------------------------------- data
+
+
+@dataclass
+class Data:
+    name: str
+    x_train: np.ndarray
+    x_test: np.ndarray
+    y_train: np.ndarray | None = None
+    y_test: np.ndarray | None = None
+
+
+def _split(name, X, y, seed):
+    order = np.random.default_rng(seed).permutation(len(X))
+    n_test = max(1, int(round(TEST_FRACTION * len(X))))
+    test, train = order[:n_test], order[n_test:]
+    return Data(name, X[train], X[test], None if y is None else y[train],
+                None if y is None else y[test])
+
+
+def make_blobs(n_samples, seed):
+    """Three 2-D Gaussians with different shapes and weights: a known truth."""
+    rng = np.random.default_rng(seed)
+    weights = np.array([0.5, 0.3, 0.2])
+    means = np.array([[0.0, 0.0], [5.0, 4.0], [-4.0, 5.0]])
+    covariances = np.array([[[2.0, 1.2], [1.2, 1.5]], [[0.6, -0.3], [-0.3, 0.8]],
+                            [[1.5, 0.0], [0.0, 0.3]]])
+    labels = rng.choice(3, size=n_samples, p=weights)
+    noise = rng.standard_normal((n_samples, 2))
+    chol = np.linalg.cholesky(covariances)
+    X = means[labels] + np.einsum("nij,nj->ni", chol[labels], noise)
+    return X, labels
+
+
+def _sklearn_set(loader, pca_dims=None):
+    bunch = loader()
+    X = bunch.data.astype(np.float64)
+    if pca_dims is not None:
+        from sklearn.decomposition import PCA
+
+        X = PCA(n_components=pca_dims, random_state=0).fit_transform(X)
+    return X, bunch.target
+
+
+def load_data(spec, *, pca_dims=2, seed=0, quick=False):
+    """``blobs``, ``digits`` (PCA to ``pca_dims``), ``iris``, ``wine`` or a ``.npy`` path."""
+    from sklearn import datasets
+
+    if spec == "blobs":
+        X, y = make_blobs(300 if quick else 1500, seed)
+    elif spec == "digits":
+        if not 1 <= pca_dims <= 64:
+            raise ConfigError(f"--pca-dims must be between 1 and 64; got {pca_dims}")
+        X, y = _sklearn_set(datasets.load_digits, pca_dims)
+    elif spec in ("iris", "wine"):
+        X, y = _sklearn_set(getattr(datasets, f"load_{spec}"))
+    else:
+        path = Path(spec)
+        if path.suffix != ".npy":
+            raise ConfigError(f"--data must be blobs, digits, iris, wine or a .npy file; "
+                              f"got {spec!r}")
+        if not path.is_file():
+            raise DataError(f"data file {spec!r} does not exist")
+        try:
+            X = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            raise DataError(f"cannot read {spec!r} as a .npy array: {exc}") from None
+        y = None
+    check_finite(as_2d_tensor(X, name=spec), name=spec)
+    if quick and len(X) > 400:
+        X, y = X[:400], None if y is None else y[:400]
+    return _split(spec, np.asarray(X), y, seed)
+
+
+# ---------------------------------------------------------------------------- methods
+
+
+@dataclass
+class Fit:
+    """What every method reports, whatever its model object."""
+
+    model: object
+    history: list
+    objective: str
+    covariances: np.ndarray  # full (K, d, d)
+    extra: dict = field(default_factory=dict)
+
+
+def _progress_callback(bar, name):
+    def callback(iteration, lower_bounds):
+        value = float(np.nanmax(lower_bounds))
+        bar.update(1)
+        bar.set_postfix({name: f"{value:.6g}"})
+        tqdm.write(f"iter {iteration:4d}  {name} {value:.8g}")
+
+    return callback
+
+
+def _fit_sklearn_style(cls, args, data, objective, per_example, **kwargs):
+    scale = 1.0 / len(data.x_train) if per_example else 1.0
+    max_iter = args.max_iter or (30 if args.quick else 100)
+    with tqdm(total=max_iter, desc=args.method, file=sys.stderr) as bar:
+        callback = _progress_callback(bar, "objective")
+        model = cls(args.components, covariance_type=args.covariance_type, max_iter=max_iter,
+                    n_init=args.n_init, random_state=args.seed, device=args.device,
+                    callback=lambda i, lb: callback(i, lb * scale), **kwargs)
+        model.fit(data.x_train)
+    full = covariance_type(args.covariance_type, data.x_train.shape[1]).to_full(
+        torch.as_tensor(model.covariances_), args.components).numpy()
+    history = [value * scale for value in model.lower_bounds_]
+    return Fit(model, history, objective, full,
+               {"n_iter": model.n_iter_, "converged": bool(model.converged_)})
+
+
+def fit_em(args, data):
+    from ppl_vae.mixture import GaussianMixture
+
+    return _fit_sklearn_style(GaussianMixture, args, data,
+                              "mean log-likelihood (nats per example, higher is better)",
+                              per_example=False)
+
+
+def fit_cavi(args, data):
+    from ppl_vae.mixture import BayesianGaussianMixture
+
+    return _fit_sklearn_style(BayesianGaussianMixture, args, data,
+                              "complete ELBO / N (nats per example, higher is better)",
+                              per_example=True)
+
+
+def _pyro_module():
+    try:
+        from ppl_vae.mixture import pyro_gmm
+    except ImportError as exc:
+        raise ConfigError(f"the Pyro methods need ppl_vae.mixture.pyro_gmm ({exc})") from None
+    return pyro_gmm
+
+
+def _check_full(args):
+    if args.covariance_type != "full":
+        raise ConfigError(f"--method {args.method} fits full covariances only; "
+                          f"got --covariance-type {args.covariance_type}")
+
+
+def _fit_pyro(args, data, guide):
+    _check_full(args)
+    pyro_gmm = _pyro_module()
+    steps = args.max_iter or (30 if args.quick else 1000)
+    model = pyro_gmm.PyroGaussianMixture(args.components, guide=guide, num_steps=steps,
+                                         random_state=args.seed, device=args.device,
+                                         progress=True)
+    model.fit(data.x_train)
+    history = [float(v) for v in np.asarray(model.lower_bounds_)]
+    for step in range(0, len(history), max(1, len(history) // 20)):
+        print(f"step {step + 1:5d}  ELBO {history[step]:.8g}")
+    return Fit(model, history, "ELBO (nats per example, higher is better)",
+               np.asarray(model.covariances_), {"n_iter": len(history)})
+
+
+def fit_pyro_map(args, data):
+    return _fit_pyro(args, data, "map")
+
+
+def fit_pyro_meanfield(args, data):
+    return _fit_pyro(args, data, "meanfield")
+
+
+def _draw_log_likelihoods(samples, X):
+    """Mean log-likelihood per example of each posterior draw, shape (S,)."""
+    x = torch.as_tensor(X, dtype=torch.float64)[:, None, None]
+    components = torch.distributions.MultivariateNormal(
+        torch.as_tensor(samples["means"], dtype=torch.float64),
+        covariance_matrix=torch.as_tensor(samples["covariances"], dtype=torch.float64))
+    log_w = torch.as_tensor(samples["weights"], dtype=torch.float64).log()
+    return torch.logsumexp(components.log_prob(x) + log_w, -1).mean(0).numpy()
+
+
+def fit_nuts(args, data):
+    _check_full(args)
+    pyro_gmm = _pyro_module()
+    draws = args.max_iter or (10 if args.quick else 500)
+    model = pyro_gmm.nuts_gmm(data.x_train, args.components, num_samples=draws,
+                              warmup_steps=draws, random_state=args.seed, device=args.device,
+                              progress=True)
+    history = [float(v) for v in _draw_log_likelihoods(model.samples, data.x_train)]
+    for i in range(0, len(history), max(1, len(history) // 20)):
+        print(f"draw {i + 1:5d}  log-likelihood {history[i]:.8g}")
+    return Fit(model, history, "log-likelihood of each posterior draw (nats per example)",
+               np.asarray(model.covariances_), {"n_draws": len(history)})
+
+
+# One entry per --method: a function (args, data) -> Fit.
+METHODS = {"em": fit_em, "cavi": fit_cavi, "pyro-map": fit_pyro_map,
+           "pyro-meanfield": fit_pyro_meanfield, "nuts": fit_nuts}
+
+
+# ---------------------------------------------------------------------------- command
+
+
+def build_parser(prog="ppl-vae gmm"):
+    parser = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
+    parser.add_argument("--method", choices=list(METHODS), default="em",
+                        help="em (maximum likelihood), cavi (mean-field VI), pyro-map, "
+                             "pyro-meanfield (Pyro SVI) or nuts (default: em)")
+    parser.add_argument("--data", default="blobs",
+                        help="blobs (synthetic, known labels), digits, iris, wine or a .npy "
+                             "file of shape (n_samples, n_features) (default: blobs)")
+    parser.add_argument("--pca-dims", type=int, default=2,
+                        help="principal components kept of the 64 digits pixels (default: 2)")
+    parser.add_argument("--components", type=int, default=3,
+                        help="number of components K (default: 3)")
+    parser.add_argument("--covariance-type", choices=sorted(COVARIANCE_TYPES), default="full",
+                        help="em and cavi only; the Pyro methods are full (default: full)")
+    parser.add_argument("--max-iter", type=int,
+                        help="iterations (em, cavi; default 100), SVI steps (pyro-*; default "
+                             "1000) or NUTS draws and warm-up steps (nuts; default 500)")
+    parser.add_argument("--n-init", type=int, default=1, help="restarts (em, cavi; default 1)")
+    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--out", help="output folder (default: runs/gmm-<method>)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small data and few iterations, for a smoke test")
+    return parser
+
+
+def _adjusted_rand(labels, predicted):
+    from sklearn.metrics import adjusted_rand_score
+
+    return None if labels is None else float(adjusted_rand_score(labels, predicted))
+
+
+def _finite(value):
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def run(args):
+    if args.components < 1:
+        raise ConfigError(f"--components must be a positive integer; got {args.components}")
+    if args.max_iter is not None and args.max_iter < 1:
+        raise ConfigError(f"--max-iter must be a positive integer; got {args.max_iter}")
+    data = load_data(args.data, pca_dims=args.pca_dims, seed=args.seed, quick=args.quick)
+    out = Path(args.out or f"runs/gmm-{args.method}")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {str(out)!r} exists and is not a folder")
+    print(f"{args.method} on {data.name}: {len(data.x_train)} train / {len(data.x_test)} "
+          f"test points, {data.x_train.shape[1]} features, {args.components} components")
+    started = time.perf_counter()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        fit = METHODS[args.method](args, data)
+    seconds = time.perf_counter() - started
+    for warning in caught:
+        if issubclass(warning.category, UserWarning):
+            print(f"warning: {warning.message}", file=sys.stderr)
+    model = fit.model
+    train_score = float(np.mean(model.score_samples(data.x_train)))
+    test_score = float(np.mean(model.score_samples(data.x_test)))
+    result = {
+        "method": args.method,
+        "data": data.name,
+        "n_train": len(data.x_train),
+        "n_test": len(data.x_test),
+        "n_components": args.components,
+        "covariance_type": args.covariance_type,
+        "seconds": seconds,
+        "objective": {"name": fit.objective, "history": [_finite(v) for v in fit.history]},
+        "weights": np.asarray(model.weights_).tolist(),
+        "means": np.asarray(model.means_).tolist(),
+        "covariances": fit.covariances.tolist(),
+        "train_score": train_score,
+        "test_score": test_score,
+        "score_units": "mean log p(x), nats per example",
+        "ari_train": _adjusted_rand(data.y_train, model.predict(data.x_train)),
+        "ari_test": _adjusted_rand(data.y_test, model.predict(data.x_test)),
+        **fit.extra,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    from ppl_vae.mixture.plots import save_figures
+
+    save_figures(out, data.x_train, result["weights"], result["means"], fit.covariances,
+                 fit.history, ylabel=fit.objective.split(" (")[0], labels=data.y_train,
+                 title=f"{args.method} on {data.name}")
+    (out / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    ari = "" if result["ari_test"] is None else f", ARI (test) {result['ari_test']:.3f}"
+    print(f"train {train_score:.4f}, test {test_score:.4f} nats per example{ari}; "
+          f"{seconds:.1f} s; wrote {out}/ellipses.png, objective.png, result.json")
+    return 0
+
+
+def main(argv=None, prog="ppl-vae gmm") -> int:
+    """Run the gmm command on ``argv`` (default: sys.argv[1:]); returns the exit status."""
+    try:
+        return run(build_parser(prog).parse_args(argv))
+    except PplVaeError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2

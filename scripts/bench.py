@@ -1,0 +1,250 @@
+"""Benchmarks of ppl-vae against reference implementations, one subcommand each.
+
+    python scripts/bench.py gmm           # EM: ours vs scikit-learn, time and log-likelihood
+    python scripts/bench.py gmm-memory    # peak memory added by fitting 2,000,000 x 8, K=16
+    python scripts/bench.py all           # every registered benchmark
+    python scripts/bench.py gmm --quick   # tiny sizes (a smoke test)
+
+A benchmark is a function ``(args) -> dict`` registered in :data:`BENCHMARKS` with
+:func:`benchmark`; it prints its table and returns its numbers (``--json`` writes them).
+"""
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import textwrap
+import time
+import warnings
+
+import numpy as np
+
+BENCHMARKS = {}
+
+
+def benchmark(name, help):
+    """Register ``function(args) -> dict`` as the subcommand ``name``."""
+
+    def register(function):
+        BENCHMARKS[name] = (function, help)
+        return function
+
+    return register
+
+
+# ------------------------------------------------------------------------------ gmm
+
+GMM_CASES = {
+    # name: (covariance_type, n_samples, n_features, n_components)
+    "full": ("full", 200_000, 16, 16),
+    "diag": ("diag", 1_000_000, 64, 64),
+}
+GMM_QUICK = {"full": ("full", 2_000, 4, 3), "diag": ("diag", 3_000, 8, 4)}
+
+
+def mixture_data(n, d, k, seed):
+    """n points from a random K-component mixture in d dimensions, and a common start:
+    K random data points as means, equal weights, the data's precision for every
+    component."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(scale=4.0, size=(k, d))
+    scales = rng.uniform(0.5, 1.5, size=(k, d))
+    labels = rng.integers(k, size=n)
+    X = centres[labels] + rng.standard_normal((n, d)) * scales[labels]
+    means = X[rng.choice(n, size=k, replace=False)]
+    return X, means
+
+
+def start(X, means, cov_type):
+    k, d = means.shape
+    var = X.var(0)
+    precisions = {"full": np.repeat(np.diag(1 / var)[None], k, 0),
+                  "diag": np.repeat((1 / var)[None], k, 0)}[cov_type]
+    return {"weights_init": np.full(k, 1 / k), "means_init": means,
+            "precisions_init": precisions}
+
+
+def _cpu_seconds():
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _timed(make, X, repeats):
+    """Median wall and CPU seconds of ``make().fit(X)`` over ``repeats`` runs."""
+    wall, cpu, model = [], [], None
+    for _ in range(repeats):
+        model = make()
+        started, cpu_started = time.perf_counter(), _cpu_seconds()
+        model.fit(X)
+        wall.append(time.perf_counter() - started)
+        cpu.append(_cpu_seconds() - cpu_started)
+    return statistics.median(wall), statistics.median(cpu), model
+
+
+@benchmark("gmm", "EM against scikit-learn's GaussianMixture: same data, start, iterations")
+def bench_gmm(args):
+    import torch
+    from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
+    from threadpoolctl import threadpool_limits
+
+    from ppl_vae.mixture import GaussianMixture
+
+    cases = GMM_QUICK if args.quick else GMM_CASES
+    iters = args.iters or (3 if args.quick else 10)
+    repeats = args.repeats or (1 if args.quick else 3)
+    torch.set_num_threads(args.threads)
+    print(f"EM, {iters} iterations from the same start (tol=0), median of {repeats} after a "
+          f"warm-up; {args.threads} thread(s) for torch and for numpy's BLAS; torch "
+          f"{torch.__version__}, {os.cpu_count()} CPU cores, load average "
+          f"{os.getloadavg()[0]:.1f}")
+    print(f"{'case':<5}{'N':>10}{'d':>4}{'K':>4}{'ours wall':>11}{'sk wall':>9}{'ratio':>7}"
+          f"{'ours CPU':>10}{'sk CPU':>9}{'ratio':>7}{'ours log-lik':>15}{'sk log-lik':>15}"
+          f"{'rel.diff':>9}")
+    rows = {}
+    for name, (cov_type, n, d, k) in cases.items():
+        X, means = mixture_data(n, d, k, seed=0)
+        kw = dict(covariance_type=cov_type, max_iter=iters, tol=0.0, **start(X, means, cov_type))
+        ours = lambda kw=kw, k=k: GaussianMixture(k, device=args.device, **kw)  # noqa: E731
+        theirs = lambda kw=kw, k=k: SklearnGaussianMixture(k, **kw)  # noqa: E731
+        with warnings.catch_warnings(), threadpool_limits(limits=args.threads):
+            warnings.simplefilter("ignore")
+            # Warm-up: first calls pay for thread pools, allocator growth and imports.
+            GaussianMixture(k, device=args.device, **(kw | {"max_iter": 1})).fit(X)
+            SklearnGaussianMixture(k, **(kw | {"max_iter": 1})).fit(X)
+            wall_ours, cpu_ours, m_ours = _timed(ours, X, repeats)
+            wall_sk, cpu_sk, m_sk = _timed(theirs, X, repeats)
+        ll_ours, ll_sk = m_ours.lower_bound_, m_sk.lower_bound_
+        rel = abs(ll_ours - ll_sk) / abs(ll_sk)
+        print(f"{name:<5}{n:>10,}{d:>4}{k:>4}{wall_ours:>11.3f}{wall_sk:>9.3f}"
+              f"{wall_ours / wall_sk:>7.2f}{cpu_ours:>10.3f}{cpu_sk:>9.3f}{cpu_ours / cpu_sk:>7.2f}"
+              f"{ll_ours:>15.8f}{ll_sk:>15.8f}{rel:>9.1e}")
+        rows[name] = {"covariance_type": cov_type, "n_samples": n, "n_features": d,
+                      "n_components": k, "iterations": iters, "threads": args.threads,
+                      "ours_wall_s": wall_ours, "sklearn_wall_s": wall_sk,
+                      "ours_cpu_s": cpu_ours, "sklearn_cpu_s": cpu_sk,
+                      "ours_lower_bound": ll_ours, "sklearn_lower_bound": ll_sk}
+    print("(log-lik: lower_bound_, the mean log-likelihood per sample, nats, at the last "
+          "iteration)")
+    return rows
+
+
+# ------------------------------------------------------------------------------ memory
+
+MEMORY_CHILD = textwrap.dedent("""
+    import json, resource, sys, warnings
+    import numpy as np, torch
+    from threadpoolctl import threadpool_limits
+    n, d, k, iters, threads = (int(a) for a in sys.argv[1:6])
+    which, init = sys.argv[6:8]
+
+    def status(field):  # bytes, from /proc/self/status (VmRSS: now, VmHWM: peak)
+        with open("/proc/self/status") as f:
+            line = next(l for l in f if l.startswith(field + ":"))
+        return int(line.split()[1]) * 1024
+
+    def reset_peak():  # Linux: make the peak (VmHWM) equal to the current resident size
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            return "VmHWM reset before fit"
+        except OSError:
+            return "ru_maxrss (not reset; an earlier peak may hide part of the fit's)"
+
+    torch.set_num_threads(threads)
+    if which == "ours":
+        from ppl_vae.mixture import GaussianMixture as Model
+        kw, dtype = dict(device="cpu"), np.float32
+    else:
+        from sklearn.mixture import GaussianMixture as Model
+        kw, dtype = {}, np.float64
+    warnings.simplefilter("ignore")
+    rng = np.random.default_rng(0)
+    with threadpool_limits(limits=threads):
+        # Warm-up on small data: thread pools and library buffers belong to the baseline.
+        Model(k, max_iter=2, random_state=0, **kw).fit(rng.normal(size=(5000, d)))
+        # The data, filled in blocks so that making it never needs more than its own size.
+        X = np.empty((n, d), dtype=dtype)
+        centres = rng.normal(scale=4.0, size=(k, d))
+        for s in range(0, n, 100_000):
+            block = X[s:s + 100_000]
+            block[:] = centres[rng.integers(k, size=len(block))] + rng.standard_normal(
+                block.shape)
+        how = reset_peak()
+        before = status("VmRSS")
+        Model(k, max_iter=iters, tol=0, random_state=0, init_params=init, **kw).fit(X)
+        peak = (status("VmHWM") if how.startswith("VmHWM")
+                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+    print(json.dumps({"data_bytes": X.nbytes, "added_peak_bytes": peak - before, "how": how}))
+""")
+
+
+def measure_memory(which, n, d, k, iters, threads=1, init_params="kmeans"):
+    """Peak resident memory that one fit adds, measured in a fresh process.
+
+    Returns a dict with ``data_bytes``, ``added_peak_bytes`` and ``how`` it was measured.
+    """
+    out = subprocess.run([sys.executable, "-c", MEMORY_CHILD, str(n), str(d), str(k),
+                          str(iters), str(threads), which, init_params],
+                         capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"the memory measurement for {which} failed:\n{out.stderr}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+@benchmark("gmm-memory", "peak memory added by an EM fit, against the size of the data")
+def bench_gmm_memory(args):
+    n, d, k = (200_000, 8, 16) if args.quick else (2_000_000, 8, 16)
+    iters = 3 if args.quick else 10
+    print(f"peak resident memory added by fit() on {n:,} x {d} data, K={k}, {iters} "
+          "iterations, default k-means start\n(a fresh process per library, after a warm-up "
+          "fit: the peak resident size during fit minus the resident size before it)")
+    rows = {}
+    for which, label in (("ours", "ours (float32 data)"), ("sklearn", "sklearn (float64)")):
+        if which == "sklearn" and args.skip_sklearn_memory:
+            continue
+        row = measure_memory(which, n, d, k, iters, args.threads)
+        share = row["added_peak_bytes"] / row["data_bytes"]
+        print(f"{label:<22} data {row['data_bytes'] / 2**20:8.1f} MiB   added peak "
+              f"{row['added_peak_bytes'] / 2**20:8.1f} MiB   ({share:.2f} x the data; "
+              f"{row['how']})")
+        rows[which] = row
+    return rows
+
+
+# ------------------------------------------------------------------------------ command
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=[*BENCHMARKS, "all"], help="benchmark to run")
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
+    parser.add_argument("--iters", type=int, help="EM iterations (gmm; default 10)")
+    parser.add_argument("--repeats", type=int, help="timed repeats, median reported (default 3)")
+    parser.add_argument("--device", default="cpu", help="device for ours (default: cpu)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads for torch and for numpy's BLAS (default: 1; the same "
+                             "for both libraries)")
+    parser.add_argument("--skip-sklearn-memory", action="store_true",
+                        help="gmm-memory: measure ours only")
+    parser.add_argument("--json", help="also write the numbers to this JSON file")
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    names = list(BENCHMARKS) if args.name == "all" else [args.name]
+    results = {}
+    for name in names:
+        print(f"== {name}: {BENCHMARKS[name][1]}")
+        results[name] = BENCHMARKS[name][0](args)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
