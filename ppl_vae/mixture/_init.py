@@ -12,7 +12,7 @@ import warnings
 import numpy as np
 import torch
 
-from ppl_vae.errors import ConfigError, DataError
+from ppl_vae.errors import ConfigError
 from ppl_vae.mixture._data import DegenerateDataWarning
 
 # Lloyd's algorithm stops when the centres move (in squared distance, summed) by less
@@ -184,27 +184,38 @@ def given(resp_init, n_samples, n_clusters):
     return lambda start, x: resp[start:start + len(x)].to(x.device, x.dtype).unsqueeze(1)
 
 
+def _kmeans(data, n_clusters, n_restarts, generator, variance_scale):
+    seeds = kmeans_plusplus(data, n_clusters, n_restarts, generator)
+    centres = data.rows(seeds.flatten()).reshape(n_restarts, n_clusters, -1)
+    return nearest_centre(lloyd(data, centres, variance_scale))
+
+
+def _kmeans_plusplus(data, n_clusters, n_restarts, generator, variance_scale):
+    return seed_points(kmeans_plusplus(data, n_clusters, n_restarts, generator), n_clusters)
+
+
+def _random_from_data(data, n_clusters, n_restarts, generator, variance_scale):
+    indices = torch.stack([distinct_indices(data.n_samples, n_clusters, generator)
+                           for _ in range(n_restarts)])
+    return seed_points(indices, n_clusters)
+
+
+def _random(data, n_clusters, n_restarts, generator, variance_scale):
+    seed = int(torch.randint(2**31, (1,), generator=generator))
+    return uniform_random(seed, n_restarts, n_clusters)
+
+
+# scikit-learn's names; "kmeans++" is accepted for "k-means++".
+INITIALISATIONS = {"kmeans": _kmeans, "k-means++": _kmeans_plusplus,
+                   "kmeans++": _kmeans_plusplus, "random": _random,
+                   "random_from_data": _random_from_data}
+INIT_PARAMS = tuple(INITIALISATIONS)
+
+
 def responsibilities(init_params, data, n_clusters, n_restarts, generator, variance_scale):
-    """The provider for ``init_params`` (scikit-learn's names; 'kmeans++' = 'k-means++')."""
-    if init_params == "kmeans":
-        seeds = kmeans_plusplus(data, n_clusters, n_restarts, generator)
-        centres = data.rows(seeds.flatten()).reshape(n_restarts, n_clusters, -1)
-        return nearest_centre(lloyd(data, centres, variance_scale))
-    if init_params in ("k-means++", "kmeans++"):
-        return seed_points(kmeans_plusplus(data, n_clusters, n_restarts, generator), n_clusters)
-    if init_params == "random_from_data":
-        if data.n_samples < n_clusters:
-            raise DataError(f"need at least {n_clusters} samples")
-        indices = torch.stack([distinct_indices(data.n_samples, n_clusters, generator)
-                               for _ in range(n_restarts)])
-        return seed_points(indices, n_clusters)
-    if init_params == "random":
-        seed = int(torch.randint(2**31, (1,), generator=generator))
-        return uniform_random(seed, n_restarts, n_clusters)
-    raise ConfigError(
-        "init_params must be 'kmeans', 'k-means++', 'random' or 'random_from_data'; "
-        f"got {init_params!r}"
-    )
-
-
-INIT_PARAMS = ("kmeans", "k-means++", "kmeans++", "random", "random_from_data")
+    """The provider for ``init_params`` (one of :data:`INIT_PARAMS`)."""
+    if init_params not in INITIALISATIONS:
+        raise ConfigError(f"init_params must be one of {list(INIT_PARAMS)}; "
+                          f"got {init_params!r}")
+    return INITIALISATIONS[init_params](data, n_clusters, n_restarts, generator,
+                                        variance_scale)
