@@ -24,6 +24,7 @@ import torch
 
 from ppl_vae.device import resolve_device
 from ppl_vae.errors import DataError
+from ppl_vae.shapes import load_shapes
 
 DEFAULT_DATA_DIR = "data"
 ARRAY_SUFFIXES = (".npz", ".npy")
@@ -398,6 +399,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "mnist": load_mnist,
     "fashion-mnist": load_fashion_mnist,
     "ppca": load_ppca,
+    "shapes": load_shapes,
 }
 
 
