@@ -100,34 +100,37 @@ def bench_gmm(args):
           f"warm-up; {args.threads} thread(s) for torch and for numpy's BLAS; torch "
           f"{torch.__version__}, {os.cpu_count()} CPU cores, load average "
           f"{os.getloadavg()[0]:.1f}")
-    print(f"{'case':<5}{'N':>10}{'d':>4}{'K':>4}{'ours wall':>11}{'sk wall':>9}{'ratio':>7}"
-          f"{'ours CPU':>10}{'sk CPU':>9}{'ratio':>7}{'ours log-lik':>15}{'sk log-lik':>15}"
-          f"{'rel.diff':>9}")
+    print(f"{'case':<5}{'N':>10}{'d':>4}{'K':>4}  {'fit':<16}{'wall s':>8}{'CPU s':>8}"
+          f"{'CPU ratio':>10}{'log-lik':>16}{'rel. diff':>10}")
     rows = {}
     for name, (cov_type, n, d, k) in cases.items():
         X, means = mixture_data(n, d, k, seed=0)
         kw = dict(covariance_type=cov_type, max_iter=iters, tol=0.0, **start(X, means, cov_type))
-        ours = lambda kw=kw, k=k: GaussianMixture(k, device=args.device, **kw)  # noqa: E731
-        theirs = lambda kw=kw, k=k: SklearnGaussianMixture(k, **kw)  # noqa: E731
+        fits = {"scikit-learn": lambda kw=kw, k=k: SklearnGaussianMixture(k, **kw)}
+        for dtype in args.dtypes.split(","):
+            fits[f"ours ({dtype})"] = lambda kw=kw, k=k, dtype=dtype: GaussianMixture(
+                k, device=args.device, dtype=dtype, **kw)
+        timings = {}
         with warnings.catch_warnings(), threadpool_limits(limits=args.threads):
             warnings.simplefilter("ignore")
-            # Warm-up: first calls pay for thread pools, allocator growth and imports.
-            GaussianMixture(k, device=args.device, **(kw | {"max_iter": 1})).fit(X)
-            SklearnGaussianMixture(k, **(kw | {"max_iter": 1})).fit(X)
-            wall_ours, cpu_ours, m_ours = _timed(ours, X, repeats)
-            wall_sk, cpu_sk, m_sk = _timed(theirs, X, repeats)
-        ll_ours, ll_sk = m_ours.lower_bound_, m_sk.lower_bound_
-        rel = abs(ll_ours - ll_sk) / abs(ll_sk)
-        print(f"{name:<5}{n:>10,}{d:>4}{k:>4}{wall_ours:>11.3f}{wall_sk:>9.3f}"
-              f"{wall_ours / wall_sk:>7.2f}{cpu_ours:>10.3f}{cpu_sk:>9.3f}{cpu_ours / cpu_sk:>7.2f}"
-              f"{ll_ours:>15.8f}{ll_sk:>15.8f}{rel:>9.1e}")
-        rows[name] = {"covariance_type": cov_type, "n_samples": n, "n_features": d,
-                      "n_components": k, "iterations": iters, "threads": args.threads,
-                      "ours_wall_s": wall_ours, "sklearn_wall_s": wall_sk,
-                      "ours_cpu_s": cpu_ours, "sklearn_cpu_s": cpu_sk,
-                      "ours_lower_bound": ll_ours, "sklearn_lower_bound": ll_sk}
-    print("(log-lik: lower_bound_, the mean log-likelihood per sample, nats, at the last "
-          "iteration)")
+            for label, make in fits.items():
+                # Warm-up: first calls pay for thread pools, allocator growth and imports.
+                make().set_params(max_iter=1).fit(X)
+                timings[label] = _timed(make, X, repeats)
+        _, sk_cpu, sk_model = timings["scikit-learn"]
+        for label, (wall, cpu, model) in timings.items():
+            rel = abs(model.lower_bound_ - sk_model.lower_bound_) / abs(sk_model.lower_bound_)
+            print(f"{name:<5}{n:>10,}{d:>4}{k:>4}  {label:<16}{wall:>8.2f}{cpu:>8.2f}"
+                  f"{cpu / sk_cpu:>10.2f}{model.lower_bound_:>16.8f}{rel:>10.1e}")
+            rows[f"{name} {label}"] = {
+                "covariance_type": cov_type, "n_samples": n, "n_features": d,
+                "n_components": k, "iterations": iters, "threads": args.threads,
+                "wall_s": wall, "cpu_s": cpu, "cpu_ratio": cpu / sk_cpu,
+                "lower_bound": model.lower_bound_,
+                "sklearn_lower_bound": sk_model.lower_bound_}
+    print("(CPU ratio: CPU time / scikit-learn's; log-lik: lower_bound_, the mean "
+          "log-likelihood per sample in nats at the last iteration; rel. diff: against "
+          "scikit-learn's)")
     return rows
 
 
@@ -224,6 +227,8 @@ def build_parser():
     parser.add_argument("--iters", type=int, help="EM iterations (gmm; default 10)")
     parser.add_argument("--repeats", type=int, help="timed repeats, median reported (default 3)")
     parser.add_argument("--device", default="cpu", help="device for ours (default: cpu)")
+    parser.add_argument("--dtypes", default="float32,float64",
+                        help="compute dtypes of ours to time (default: float32,float64)")
     parser.add_argument("--threads", type=int, default=1,
                         help="threads for torch and for numpy's BLAS (default: 1; the same "
                              "for both libraries)")
