@@ -116,7 +116,10 @@ def gmm_command(argv):
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="ppl-vae", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="ppl-vae",
+        description="Variational autoencoders as Pyro programs, beside the Gaussian mixtures "
+                    "(EM, mean-field VI, Pyro SVI and NUTS) they grow out of.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = commands.add_parser("train", help="train a VAE with SVI (see --help)")
     add_train_arguments(train)

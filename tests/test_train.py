@@ -226,3 +226,12 @@ def test_training_on_cuda_matches_the_cpu_objective(tmp_path):
         trainer.run(figures=device == "cuda")
         results[device] = trainer.metrics[-1]["test_elbo"]
     assert results["cuda"] == pytest.approx(results["cpu"], abs=1.5)
+
+
+def test_ppl_vae_gmm_dispatches_to_the_mixture_command(tmp_path, capsys):
+    out = tmp_path / "gmm"
+    assert main(["gmm", "--method", "em", "--quick", "--out", str(out)]) == 0
+    assert (out / "result.json").is_file()
+    capsys.readouterr()
+    code, err = run_cli(capsys, "gmm", "--data", str(tmp_path / "missing.npy"))
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
