@@ -195,7 +195,7 @@ def warn_constant_features(variances: torch.Tensor, scale: float):
         warnings.warn(
             f"feature(s) {shown} have zero variance; their variance in every component is "
             "reg_covar alone, which dominates the log-likelihood; drop or rescale them",
-            DegenerateDataWarning, stacklevel=4,
+            DegenerateDataWarning, stacklevel=5,
         )
 
 

@@ -92,7 +92,7 @@ def kmeans_plusplus(data, n_clusters, n_restarts, generator):
                     warnings.warn(
                         f"X has fewer distinct points than n_components={n_clusters}; "
                         "some components start on duplicate points",
-                        DegenerateDataWarning, stacklevel=6)
+                        DegenerateDataWarning, stacklevel=8)
                     warned = True
                 indices[r, k] = int(torch.randint(n, (1,), generator=generator))
                 continue

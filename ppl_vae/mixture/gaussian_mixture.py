@@ -206,7 +206,7 @@ class GaussianMixture(BaseMixture):
         warnings.warn(
             f"{int(empty.sum())} component(s) lost all their points; re-seeded at the "
             "worst-fitted points (the log-likelihood may drop at this iteration)",
-            DegenerateDataWarning, stacklevel=5)
+            DegenerateDataWarning, stacklevel=6)
         return weights / weights.sum(-1, keepdim=True), means, cov
 
     def _worst_points(self, ctx, params, count):
