@@ -10,6 +10,7 @@ A benchmark is a function ``(args) -> dict`` registered in :data:`BENCHMARKS` wi
 """
 
 import argparse
+import functools
 import json
 import os
 import resource
@@ -214,6 +215,100 @@ def bench_gmm_memory(args):
               f"{row['added_peak_bytes'] / 2**20:8.1f} MiB   ({share:.2f} x the data; "
               f"{row['how']})")
         rows[which] = row
+    return rows
+
+
+# ------------------------------------------------------------------------------ svi
+
+SVI_OBJECTIVES = ("meanfield", "elbo")
+
+
+def plain_torch_epoch(encoder, decoder, optimizer, x, batch_size, min_scale):
+    """The loop a user would write by hand: shuffle, binarise, reparameterised sample,
+    binary cross-entropy plus the analytic KL, Adam; one host sync per epoch."""
+    import torch
+    from torch.nn.functional import binary_cross_entropy_with_logits, softplus
+
+    n = x.shape[0]
+    order = torch.randperm(n, device=x.device)
+    total = torch.zeros((), device=x.device)
+    for start in range(0, n, batch_size):
+        xb = torch.bernoulli(x[order[start : start + batch_size]])
+        loc, rho = encoder(xb).chunk(2, dim=-1)
+        scale = softplus(rho) + min_scale
+        z = loc + scale * torch.randn_like(loc)
+        nll = binary_cross_entropy_with_logits(decoder(z), xb, reduction="sum")
+        kl = 0.5 * (scale**2 + loc**2 - 1 - 2 * torch.log(scale)).sum()
+        loss = (nll + kl) * (n / xb.shape[0])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.detach()
+    return float(total)
+
+
+@benchmark("svi", "VAE training steps per second: the Pyro trainer against a plain PyTorch loop")
+def bench_svi(args):
+    import copy
+    import tempfile
+    from pathlib import Path
+
+    import torch
+
+    from ppl_vae.config import load_config
+    from ppl_vae.train import Trainer
+
+    torch.set_num_threads(args.threads)
+    batch_sizes = (64, 256) if args.quick else (128, 1024)
+    steps = 4 if args.quick else 30
+    repeats = args.repeats or (1 if args.quick else 5)
+    d = 64 if args.quick else 784
+    print(f"steps per second of one epoch of {steps} steps, median of {repeats} after a "
+          f"warm-up epoch, interleaved; MNIST-sized synthetic data (D={d}), MLP 256-256, "
+          f"latent 16, Adam(1e-3), dynamic binarisation; {args.threads} thread(s), device "
+          f"{args.device}; torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'batch':>6}  {'loop':<40}{'steps/s':>9}{'ratio':>8}")
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for batch_size in batch_sizes:
+            n = steps * batch_size
+            gen = torch.Generator().manual_seed(0)
+            path = Path(tmp) / f"data{batch_size}.npz"
+            np.savez(path, x_train=torch.rand(n, d, generator=gen).numpy(),
+                     x_test=torch.rand(256, d, generator=gen).numpy())
+            trainers = {}
+            for objective in SVI_OBJECTIVES:
+                config = load_config("vae", {
+                    "data.dataset": str(path), "model.latent_dim": 16,
+                    "train.batch_size": batch_size, "train.objective": objective,
+                    "train.device": args.device})
+                trainers[objective] = Trainer(config, Path(tmp) / objective, progress=False)
+            reference = trainers[SVI_OBJECTIVES[0]]
+            encoder = copy.deepcopy(reference.vae.posterior.encoder)
+            decoder = copy.deepcopy(reference.vae.decoder)
+            optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
+            min_scale = reference.vae.posterior.min_scale
+            x = reference.x_train
+            loops = {"plain PyTorch": functools.partial(
+                plain_torch_epoch, encoder, decoder, optimizer, x, batch_size, min_scale)}
+            for trainer in trainers.values():
+                name = type(trainer.objective).__name__
+                loops[f"ppl-vae Trainer ({name})"] = trainer.train_epoch
+            rates = {label: [] for label in loops}
+            for repeat in range(repeats + 1):
+                for label, epoch in loops.items():
+                    started = time.perf_counter()
+                    epoch()
+                    if repeat:  # the first round is the warm-up
+                        rates[label].append(steps / (time.perf_counter() - started))
+            plain = statistics.median(rates["plain PyTorch"])
+            for label, values in rates.items():
+                rate = statistics.median(values)
+                print(f"{batch_size:>6}  {label:<40}{rate:>9.1f}{rate / plain:>8.3f}")
+                rows[f"{batch_size} {label}"] = {"batch_size": batch_size, "steps_per_s": rate,
+                                                 "ratio": rate / plain,
+                                                 "threads": args.threads}
+    print("(ratio: steps per second over the plain PyTorch loop's; >= 1 is as fast)")
     return rows
 
 
