@@ -93,3 +93,22 @@ class DiagonalGaussian(_LearnedScaleGaussian):
     linear decoder this is factor analysis."""
 
     shared = False
+
+
+class ContinuousBernoulli(nn.Module):
+    """p(x | z) = prod_d CB(x_d; sigmoid(f(z)_d)) (Loaiza-Ganem & Cunningham 2019).
+
+    The continuous Bernoulli is the Bernoulli formula made a density on [0, 1]: it adds
+    the log normalising constant log C(lambda) that the cross-entropy of soft targets
+    leaves out, so for grey-level data in [0, 1] log p(x | z) is a true log density and
+    log p(x) a comparable number. Its mean is not lambda but a monotone function of it.
+    """
+
+    support = "unit"
+
+    def __init__(self, dims):
+        super().__init__()
+        self.num_outputs = dims.data_dim
+
+    def forward(self, out):
+        return dist.ContinuousBernoulli(logits=out).to_event(1)

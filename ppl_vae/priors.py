@@ -4,11 +4,25 @@ A prior is an ``nn.Module`` whose ``forward()`` returns a distribution with
 ``event_shape == (latent_dim,)`` and empty batch shape; ``VAE.model`` expands it over the
 data plate. Learnable priors keep their parameters as module parameters, so they train
 with everything else.
+
+A prior built from another part of the VAE declares it with ``bind(vae)``, which the VAE
+calls once it holds all its parts (the VampPrior needs the guide's encoder), and with the
+class attribute ``needs_encoder_density``, which :func:`ppl_vae.registry.incompatibility`
+reads.
 """
 
 import pyro.distributions as dist
 import torch
 from torch import nn
+from torch.nn.functional import softplus
+
+from ppl_vae.errors import ConfigError
+
+
+def inverse_softplus(y):
+    """x with softplus(x) = y, for y > 0: initialises a raw parameter at a chosen scale."""
+    y = torch.as_tensor(y, dtype=torch.get_default_dtype())
+    return y + torch.log(-torch.expm1(-y))
 
 
 class StandardNormal(nn.Module):
@@ -27,3 +41,117 @@ class StandardNormal(nn.Module):
 
     def forward(self):
         return dist.Normal(self.loc, self.scale).to_event(1)
+
+
+class MixtureOfGaussians(nn.Module):
+    """p(z) = sum_k pi_k N(z; mu_k, diag(sigma_k^2)), every parameter learned.
+
+    The weights are ``softmax(logits)``, the scales ``softplus(rho) + min_scale``. The means
+    start as draws from N(0, I) and the scales at 1, so the untrained prior is a broad
+    bump around the origin that the data then pull apart. KL(q || p) has no closed form:
+    ``TraceMeanField_ELBO`` falls back to its Monte Carlo estimate.
+
+    Parameters
+    ----------
+    dims : Dims
+        Model sizes; ``dims.latent_dim`` is used.
+    num_components : int
+        K, the number of mixture components.
+    min_scale : float
+        Lower bound on every sigma, so that no component collapses onto a point.
+    """
+
+    def __init__(self, dims, *, num_components=10, min_scale=1e-3):
+        super().__init__()
+        if num_components < 1:
+            raise ConfigError(f"num_components must be >= 1; got {num_components}")
+        shape = (num_components, dims.latent_dim)
+        self.logits = nn.Parameter(torch.zeros(num_components))
+        self.locs = nn.Parameter(torch.randn(shape))
+        self.raw_scales = nn.Parameter(torch.full(shape, float(inverse_softplus(1.0 - min_scale))))
+        self.min_scale = min_scale
+
+    def forward(self):
+        components = dist.Normal(self.locs, softplus(self.raw_scales) + self.min_scale)
+        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits),
+                                      components.to_event(1))
+
+
+class VampPrior(nn.Module):
+    """The VampPrior (Tomczak & Welling 2018): p(z) = 1/K sum_k q(z | u_k).
+
+    The mixture of the guide's own encoder posteriors at K learned pseudo-inputs u_k: the
+    prior that maximises the ELBO averaged over the data is the aggregate posterior
+    1/N sum_n q(z | x_n), and the pseudo-inputs stand in for the N data points.
+
+    The pseudo-inputs live in the data's space. For [0, 1] data (a likelihood whose
+    ``support`` is ``"unit"``) they are ``sigmoid(raw)``, so they stay in the data's range;
+    for real data they are ``raw`` itself. They start as noise around the middle of that
+    range; :meth:`init_from_data` sets them to randomly chosen data points instead.
+
+    The encoder is the guide's: the prior holds a reference to it that is not a
+    registered submodule (the guide is registered once, under the VAE), see :meth:`bind`.
+
+    Parameters
+    ----------
+    dims : Dims
+        Model sizes; the pseudo-inputs have ``dims.data_dim`` entries.
+    num_pseudo_inputs : int
+        K, the number of pseudo-inputs.
+    init_std : float
+        Standard deviation of the noise the raw pseudo-inputs start from.
+    """
+
+    needs_encoder_density = True
+
+    def __init__(self, dims, *, num_pseudo_inputs=50, init_std=0.1):
+        super().__init__()
+        if num_pseudo_inputs < 1:
+            raise ConfigError(f"num_pseudo_inputs must be >= 1; got {num_pseudo_inputs}")
+        if dims.num_classes:
+            raise ConfigError("the VampPrior is a mixture of q(z | u) over unlabelled "
+                              "pseudo-inputs; it is not defined for a conditional VAE")
+        self.raw_pseudo_inputs = nn.Parameter(init_std * torch.randn(num_pseudo_inputs,
+                                                                     dims.data_dim))
+        self.unit_range = True
+        self._encoder = None
+
+    def bind(self, vae):
+        """Connect to the VAE's guide; called by the VAE once it holds all its parts.
+
+        The prior keeps the guide's bound ``encode`` method, not the guide as a submodule,
+        so the guide's parameters appear once in ``vae.parameters()`` and in checkpoints,
+        under the guide. Which guides fit is the rule in ``ppl_vae.registry``.
+        """
+        self._encoder = vae.posterior.encode
+        self.unit_range = vae.likelihood.support == "unit"
+
+    @property
+    def pseudo_inputs(self):
+        """The K pseudo-inputs u_k, shape (K, D), in the data's range."""
+        return torch.sigmoid(self.raw_pseudo_inputs) if self.unit_range else self.raw_pseudo_inputs
+
+    @torch.no_grad()
+    def init_from_data(self, x):
+        """Set the pseudo-inputs to K data points drawn without replacement from ``x`` (N, D).
+
+        Points on the boundary of [0, 1] are moved inside by 1e-3, where the sigmoid's
+        inverse is finite.
+        """
+        if x.shape[0] < len(self.raw_pseudo_inputs):
+            raise ConfigError(f"need at least {len(self.raw_pseudo_inputs)} data points to "
+                              f"initialise the pseudo-inputs; got {x.shape[0]}")
+        rows = x[torch.randperm(x.shape[0], device=x.device)[: len(self.raw_pseudo_inputs)]]
+        rows = rows.to(self.raw_pseudo_inputs)
+        if self.unit_range:
+            rows = torch.logit(rows.clamp(1e-3, 1 - 1e-3))
+        self.raw_pseudo_inputs.copy_(rows)
+
+    def forward(self):
+        if self._encoder is None:
+            raise ConfigError("the VampPrior is not connected to a guide; build it with "
+                              "build_vae, which calls bind(vae)")
+        components = self._encoder(self.pseudo_inputs)
+        k = components.batch_shape[-1]
+        weights = dist.Categorical(logits=torch.zeros(k, device=self.raw_pseudo_inputs.device))
+        return dist.MixtureSameFamily(weights, components)

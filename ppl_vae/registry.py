@@ -8,13 +8,22 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from ppl_vae import guides, likelihoods, nets, priors
 from ppl_vae.errors import ConfigError
+from ppl_vae.objectives import IWAE
 
 PRIORS = {
     "normal": priors.StandardNormal,
+    "mog": priors.MixtureOfGaussians,
+    "vamp": priors.VampPrior,
 }
 
 GUIDES = {
     "diagonal": guides.AmortizedDiagonalNormal,
+    "lowrank": guides.AmortizedLowRankNormal,
+    "full": guides.AmortizedFullNormal,
+    "iaf": guides.AmortizedFlow,
+    "semi-amortized": guides.SemiAmortizedNormal,
+    "per-datapoint": guides.PerDatapointNormal,
+    "delta": guides.DeltaGuide,
 }
 
 LIKELIHOODS = {
@@ -22,6 +31,7 @@ LIKELIHOODS = {
     "gaussian": likelihoods.UnitGaussian,
     "gaussian-isotropic": likelihoods.IsotropicGaussian,
     "gaussian-diagonal": likelihoods.DiagonalGaussian,
+    "continuous-bernoulli": likelihoods.ContinuousBernoulli,
 }
 
 ENCODERS = {
@@ -37,6 +47,7 @@ DECODERS = {
 OBJECTIVES = {
     "elbo": Trace_ELBO,  # Monte Carlo estimate of the whole ELBO, KL term included
     "meanfield": TraceMeanField_ELBO,  # analytic KL wherever torch knows it
+    "iwae": IWAE,  # importance-weighted bound, K = num_particles (RenyiELBO, alpha = 0)
 }
 
 TABLES = {
@@ -63,3 +74,25 @@ def lookup(kind, name):
     except KeyError:
         known = ", ".join(sorted(table))
         raise ConfigError(f"unknown {kind} {name!r}; known {kind}s: {known}") from None
+
+
+def incompatibility(prior, guide, likelihood):
+    """Why the named parts cannot form a VAE, or None if they can.
+
+    One rule: a prior built from the guide's encoder (``needs_encoder_density``, the
+    VampPrior) needs a guide that has an encoder and a density (``amortized`` and
+    ``has_density``): not the per-datapoint table, not the delta guide. Every likelihood
+    goes with every prior and guide.
+    """
+    prior_cls, guide_cls = lookup("prior", prior), lookup("guide", guide)
+    lookup("likelihood", likelihood)
+    if getattr(prior_cls, "needs_encoder_density", False) and not (
+            guide_cls.amortized and guide_cls.has_density):
+        return (f"the {prior!r} prior is a mixture of the guide's encoder posteriors; the "
+                f"{guide!r} guide has no encoder with a density")
+    return None
+
+
+def compatible(prior, guide, likelihood):
+    """Whether the named parts form a VAE (see :func:`incompatibility`)."""
+    return incompatibility(prior, guide, likelihood) is None

@@ -18,7 +18,7 @@ from pyro import poutine
 from torch import nn
 
 from ppl_vae.errors import ConfigError
-from ppl_vae.registry import lookup
+from ppl_vae.registry import incompatibility, lookup
 
 
 @dataclass(frozen=True)
@@ -80,6 +80,11 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         self.decoder = decoder
         self.beta = beta
+        # Parts built from other parts (the VampPrior from the guide's encoder, guides that
+        # optimise the model's ELBO) connect here, holding plain references, not submodules.
+        for part in (prior, posterior):
+            if hasattr(part, "bind"):
+                part.bind(self)
 
     @property
     def conditional(self):
@@ -114,6 +119,15 @@ class VAE(nn.Module):
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", self.posterior(self._condition(x, y), idx))
         return z
+
+    def forward(self, x, z, y=None):
+        """The model's log densities at z, without Pyro: ``(log p(z), log p(x | z))``.
+
+        z has shape (..., B, L) (samples first), x shape (B, D); both results have shape
+        z.shape[:-1]. Being ``forward``, it can be evaluated at other parameter values with
+        ``torch.func.functional_call(vae, params, (x, z, y))``.
+        """
+        return self.prior().log_prob(z), self.decode(z, y).log_prob(x)
 
     def encode(self, x, y=None, idx=None):
         """q(z | x) as a distribution, batch shape (B,), event shape (L,)."""
@@ -169,6 +183,9 @@ def build_vae(dims, *, prior="normal", guide="diagonal", likelihood="bernoulli",
         Keyword options passed to the part's constructor.
     """
     hidden = tuple(hidden)
+    reason = incompatibility(prior, guide, likelihood)
+    if reason:
+        raise ConfigError(reason)
 
     def net_factory(kind, name):
         cls = lookup(kind, name)
