@@ -109,6 +109,31 @@ def train_command(args):
     return 0
 
 
+def add_eval_arguments(parser):
+    """The flags of ``ppl-vae eval`` / ``scripts/evaluate.py``."""
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of ppl-vae train")
+    parser.add_argument("--num-samples", type=int, default=5000,
+                        help="K, importance samples per point for log p(x) (default: 5000)")
+    parser.add_argument("--gap-points", type=int, default=500,
+                        help="test (and training) points for the inference gaps (default: 500)")
+    parser.add_argument("--gap-steps", type=int, default=300,
+                        help="Adam steps of the per-datapoint q* fit (default: 300)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (default: CUDA if available), cpu or cuda")
+
+
+def eval_command(args):
+    from ppl_vae.report import evaluate_run, markdown_table
+
+    row, paths = evaluate_run(args.run_dir, num_samples=args.num_samples,
+                              gap_points=args.gap_points, gap_steps=args.gap_steps,
+                              device=args.device)
+    print(markdown_table([row]), end="")
+    print(f"nats per example on the test set; written to {paths[0]} and {paths[1]}",
+          file=sys.stderr)
+    return 0
+
+
 def gmm_command(argv):
     from ppl_vae.mixture.cli import main as gmm_main
 
@@ -123,6 +148,9 @@ def build_parser():
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = commands.add_parser("train", help="train a VAE with SVI (see --help)")
     add_train_arguments(train)
+    evaluate = commands.add_parser("eval", help="evaluate a trained run: ELBO, log p(x), "
+                                                "active units, inference gaps")
+    add_eval_arguments(evaluate)
     commands.add_parser("gmm", add_help=False,
                         help="fit a Gaussian mixture: EM, CAVI, Pyro SVI or NUTS")
     return parser
@@ -147,6 +175,13 @@ def train_main(argv=None):
     return run(lambda a: train_command(parser.parse_args(a)), argv)
 
 
+def eval_main(argv=None):
+    parser = argparse.ArgumentParser(prog="evaluate.py",
+                                     description="Evaluate the checkpoint of a run folder.")
+    add_eval_arguments(parser)
+    return run(lambda a: eval_command(parser.parse_args(a)), argv)
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
     if argv and argv[0] == "gmm":
@@ -155,7 +190,7 @@ def main(argv=None):
 
     def dispatch(a):
         args = parser.parse_args(a)
-        return {"train": train_command}[args.command](args)
+        return {"train": train_command, "eval": eval_command}[args.command](args)
 
     return run(dispatch, argv)
 

@@ -1,18 +1,46 @@
-"""Evaluation of a trained VAE: the ELBO and its two terms, in nats per example.
+"""Evaluation of a trained VAE, in nats per example (higher is better for every bound).
 
-The terms are read off Pyro traces of the VAE's own guide and model, so they are the same
-numbers for every combination of parts: the guide is run, the model is replayed on the
-guide's z, and the sites' log densities give
+The ELBO and its two terms are read off Pyro traces of the VAE's own guide and model, so
+they are the same numbers for every combination of parts: the guide is run, the model is
+replayed on the guide's z, and the sites' log densities give
 
     ELBO(x) = E_q[log p(x | z)] - KL(q(z | x) || p(z)).
 
 The KL is the closed form where torch has one (a diagonal normal guide against a normal
 prior) and a one-sample Monte Carlo estimate, log q(z|x) - log p(z), elsewhere.
+
+Beyond the ELBO:
+
+- :func:`log_likelihood`: log p(x) by importance sampling,
+  log p(x) ~ logsumexp_k [log p(x, z_k) - log q(z_k | x)] - log K with z_k ~ q(z | x),
+  a stochastic lower bound that rises to log p(x) as K grows (Burda et al. 2016);
+  vectorized over data points and over chunks of the K samples, which a running
+  logsumexp combines, so memory stays bounded for any K;
+- :func:`active_units`: latent dimensions whose posterior mean varies with x
+  (Burda et al. 2016);
+- :func:`inference_gaps`: log p(x) - ELBO(q) split into the approximation gap
+  log p(x) - ELBO(q*) and the amortization gap ELBO(q*) - ELBO(q) (Cremer, Li & Duvenaud
+  2018), q* being each point's optimal member of the guide's family;
+- :func:`evaluate_vae` and :func:`evaluate_run`: all of these as one row of a results
+  table, written as markdown and CSV.
 """
+
+import math
 
 import torch
 from pyro import poutine
 from torch.distributions import kl_divergence
+
+from ppl_vae.errors import ConfigError
+from ppl_vae.guides import diagonal_normal
+from ppl_vae.local import fit_local
+from ppl_vae.priors import inverse_softplus
+
+# Samples x points per vectorized chunk of log p(x): bounds memory (about 40 MB of
+# activations per hidden layer of width 256) whatever K and N are.
+MAX_ROWS = 2**15
+# The scale that q* of a guide without a density (the delta guide) starts from.
+DELTA_PROPOSAL_SCALE = 0.1
 
 
 def elbo_terms(vae, x, y=None):
@@ -59,3 +87,205 @@ def evaluate_elbo(vae, x, y=None, *, batch_size=1024):
         for key, value in elbo_terms(vae, xb, yb).items():
             totals[key] += value.sum()
     return {key: float(total) / x.shape[0] for key, total in totals.items()}
+
+
+# ---------------------------------------------------------------- proposals
+
+
+class FittedPosterior:
+    """Per-point distributions ``family(local[rows])`` from fitted local parameters.
+
+    Called with the rows of the evaluated data, like every proposal here.
+    """
+
+    def __init__(self, family, local):
+        self.family, self.local = family, local
+
+    def __call__(self, rows, x=None, y=None):
+        return self.family(self.local[rows])
+
+
+def guide_proposal(vae, idx=None):
+    """The guide's q(z | x) as a proposal: ``proposal(rows, x_rows, y_rows)``.
+
+    ``idx`` are the rows' training-set indices (for the per-datapoint guide's table);
+    without them, that guide fits its parameters for the rows first.
+    """
+    def proposal(rows, x, y):
+        return vae.encode(x, y, None if idx is None else idx[rows])
+
+    return proposal
+
+
+def _proposal_or_guide(vae, proposal, idx):
+    if proposal is not None:
+        return proposal
+    if not vae.posterior.has_density:
+        raise ConfigError(
+            f"the {type(vae.posterior).__name__} is a point mass: it has no density, so it "
+            "cannot be an importance-sampling proposal and its objective is not a bound on "
+            "log p(x); pass proposal=fit_optimal_posterior(vae, x) for a fitted one")
+    return guide_proposal(vae, idx)
+
+
+def fit_optimal_posterior(vae, x, y=None, *, idx=None, steps=300, lr=0.05, num_samples=8,
+                          batch_size=512):
+    """q*: each point's best member of the guide's family, by Adam on its own ELBO.
+
+    Starting from the guide's local parameters for the point (the encoder's output, the
+    refined output of the semi-amortized guide, the table row or the fit of the
+    per-datapoint guide), with the model fixed (:func:`ppl_vae.local.fit_local`). For the
+    diagonal guide q* is the per-datapoint diagonal normal of Cremer et al. (2018). A guide
+    without a density (the delta guide) gets a diagonal normal centred at its point, scale
+    ``DELTA_PROPOSAL_SCALE`` to start.
+
+    Returns
+    -------
+    FittedPosterior
+        A proposal for the rows of ``x``.
+    """
+    guide = vae.posterior
+    family = guide.family if guide.has_density else diagonal_normal
+    fitted = []
+    for rows in _batches(len(x), batch_size):
+        xb, yb = x[rows], _rows(y, rows)
+        with torch.no_grad():
+            init = guide.local_params(vae._condition(xb, yb), _rows(idx, rows))
+        if not guide.has_density:
+            raw = float(inverse_softplus(DELTA_PROPOSAL_SCALE))
+            init = torch.cat([init, torch.full_like(init, raw)], dim=-1)
+        fitted.append(fit_local(vae, xb, yb, family, init, steps=steps, lr=lr,
+                                num_samples=num_samples))
+    return FittedPosterior(family, torch.cat(fitted))
+
+
+# ---------------------------------------------------------------- estimators
+
+
+def log_likelihood(vae, x, y=None, *, idx=None, num_samples=5000, proposal=None,
+                   batch_size=1024, max_rows=MAX_ROWS):
+    """Importance-sampled log p(x) per example, with z_k ~ q(z | x):
+
+        log p(x) ~ logsumexp_k [log p(x, z_k) - log q(z_k | x)] - log K.
+
+    Its expectation is the K-sample bound of Burda et al. (2016): at most log p(x), equal
+    to the ELBO for K = 1, non-decreasing in K. Data points are processed ``batch_size``
+    at a time and the K samples in chunks of ``max_rows // batch`` (one vectorized pass
+    each), combined with a running logsumexp.
+
+    Parameters
+    ----------
+    vae : VAE
+    x : Tensor, shape (N, D)
+    y : LongTensor, shape (N,), optional
+    idx : LongTensor, shape (N,), optional
+        Training-set indices of the rows (the per-datapoint guide needs them).
+    num_samples : int
+        K.
+    proposal : callable, optional
+        ``proposal(rows, x_rows, y_rows) -> q`` with batch shape (len(rows),); the guide's
+        q(z | x) by default. The delta guide has no density and needs one given (for
+        instance :func:`fit_optimal_posterior`).
+
+    Returns
+    -------
+    Tensor, shape (N,)
+        Nats per example.
+    """
+    proposal = _proposal_or_guide(vae, proposal, idx)
+    return _reduce_log_weights(vae, x, y, proposal, num_samples, "logsumexp",
+                               batch_size=batch_size, max_rows=max_rows)
+
+
+def monte_carlo_elbo(vae, x, y=None, *, idx=None, num_samples=1000, proposal=None,
+                     batch_size=1024, max_rows=MAX_ROWS):
+    """The ELBO per example, E_q[log p(x, z) - log q(z | x)], averaged over ``num_samples``
+    draws of z: the same log weights as :func:`log_likelihood`, averaged instead of
+    log-sum-exp'ed. Arguments as there."""
+    proposal = _proposal_or_guide(vae, proposal, idx)
+    return _reduce_log_weights(vae, x, y, proposal, num_samples, "mean",
+                               batch_size=batch_size, max_rows=max_rows)
+
+
+@torch.no_grad()
+def _reduce_log_weights(vae, x, y, proposal, num_samples, how, *, batch_size, max_rows):
+    if num_samples < 1:
+        raise ConfigError(f"num_samples must be >= 1; got {num_samples}")
+    results = []
+    for rows in _batches(len(x), batch_size):
+        xb, yb = x[rows], _rows(y, rows)
+        q = proposal(rows, xb, yb)
+        chunk = max(1, max_rows // len(xb))
+        total = None
+        for start in range(0, num_samples, chunk):
+            z = q.sample((min(chunk, num_samples - start),))
+            log_prior, log_lik = vae(xb, z, yb)
+            log_weights = log_prior + log_lik - q.log_prob(z)
+            if how == "logsumexp":
+                part = log_weights.logsumexp(0)
+                total = part if total is None else torch.logaddexp(total, part)
+            else:
+                part = log_weights.sum(0)
+                total = part if total is None else total + part
+        results.append(total - math.log(num_samples) if how == "logsumexp"
+                       else total / num_samples)
+    return torch.cat(results)
+
+
+@torch.no_grad()
+def active_units(vae, x, y=None, *, idx=None, threshold=0.01, batch_size=1024):
+    """Latent dimensions in use: A_j = Cov_x(E_q[z_j | x]) > ``threshold`` (Burda et al. 2016).
+
+    Returns
+    -------
+    count : int
+        The number of active dimensions.
+    variances : Tensor, shape (L,)
+        Cov_x(E_q[z_j | x]) for each j, over the rows of ``x``.
+    """
+    proposal = guide_proposal(vae, idx)
+    means = torch.cat([proposal(rows, x[rows], _rows(y, rows)).mean
+                       for rows in _batches(len(x), batch_size)])
+    variances = means.var(0)
+    return int((variances > threshold).sum()), variances
+
+
+def inference_gaps(vae, x, y=None, *, idx=None, log_px=None, num_samples=5000,
+                   elbo_samples=1000, steps=300, lr=0.05):
+    """The inference gap log p(x) - ELBO(q) and its two parts (Cremer et al. 2018).
+
+    - approximation gap = log p(x) - ELBO(q*): what the guide's family cannot express;
+    - amortization gap = ELBO(q*) - ELBO(q): what the encoder loses against optimising
+      each point's parameters (q* from :func:`fit_optimal_posterior`).
+
+    Both ELBOs are Monte Carlo averages over ``elbo_samples`` draws per point; log p(x) is
+    :func:`log_likelihood` with K = ``num_samples`` unless given (per point).
+
+    Returns
+    -------
+    dict of float
+        Means over the rows of ``x``: ``log_px``, ``elbo``, ``elbo_star``,
+        ``approximation_gap``, ``amortization_gap``, ``inference_gap``.
+    """
+    if not vae.posterior.has_density:
+        raise ConfigError("the inference gaps need a guide with a density; the delta guide's "
+                          "objective is not an ELBO")
+    if log_px is None:
+        log_px = log_likelihood(vae, x, y, idx=idx, num_samples=num_samples)
+    elbo = monte_carlo_elbo(vae, x, y, idx=idx, num_samples=elbo_samples)
+    q_star = fit_optimal_posterior(vae, x, y, idx=idx, steps=steps, lr=lr)
+    elbo_star = monte_carlo_elbo(vae, x, y, num_samples=elbo_samples, proposal=q_star)
+    means = {"log_px": log_px.mean(), "elbo": elbo.mean(), "elbo_star": elbo_star.mean()}
+    means = {key: float(value) for key, value in means.items()}
+    means["approximation_gap"] = means["log_px"] - means["elbo_star"]
+    means["amortization_gap"] = means["elbo_star"] - means["elbo"]
+    means["inference_gap"] = means["log_px"] - means["elbo"]
+    return means
+
+
+def _batches(n, size):
+    return [slice(start, min(start + size, n)) for start in range(0, n, size)]
+
+
+def _rows(t, rows):
+    return None if t is None else t[rows]

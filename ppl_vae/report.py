@@ -1,0 +1,175 @@
+"""Results tables: every evaluation number of a trained VAE as one row, written as
+markdown and CSV, for one run folder (``ppl-vae eval RUN_DIR``) or for the model zoo
+(``scripts/zoo_results.py``).
+
+All numbers are nats per example on held-out data, higher is better for the bounds;
+see :mod:`ppl_vae.evaluate` for what each one is.
+"""
+
+import csv
+import math
+import time
+from pathlib import Path
+
+import torch
+
+from ppl_vae.data import binarize
+from ppl_vae.evaluate import (
+    active_units,
+    evaluate_elbo,
+    fit_optimal_posterior,
+    inference_gaps,
+    log_likelihood,
+)
+
+# (CSV column, markdown header, decimals); None decimals: written as is.
+COLUMNS = [
+    ("model", "model", None),
+    ("prior", "prior", None),
+    ("guide", "guide", None),
+    ("likelihood", "likelihood", None),
+    ("objective", "objective", None),
+    ("test_elbo", "test ELBO", 2),
+    ("test_recon", "E_q log p(x|z)", 2),
+    ("test_kl", "KL", 2),
+    ("log_px", "log p(x)", 2),
+    ("log_px_se", "± s.e.", 2),
+    ("num_samples", "K", None),
+    ("active_units", "active units", None),
+    ("approximation_gap", "approx. gap", 2),
+    ("amortization_gap", "amort. gap", 2),
+    ("amortization_gap_train", "amort. gap (train)", 2),
+    ("eval_seconds", "eval s", 1),
+    ("notes", "notes", None),
+]
+
+
+@torch.no_grad()
+def evaluate_vae(vae, x, y=None, *, x_train=None, y_train=None, num_samples=5000,
+                 gap_points=500, gap_steps=300):
+    """One results row for a trained VAE on held-out data ``x``.
+
+    Parameters
+    ----------
+    vae : VAE
+    x, y : Tensor (N, D), LongTensor (N,) or None
+        Held-out data (already binarised where the likelihood wants it).
+    x_train, y_train : optional
+        The first rows of the training set, in training order: their amortization gap is
+        reported too (for the per-datapoint guide, the gap of its trained table).
+    num_samples : int
+        K of the importance-sampled log p(x).
+    gap_points : int
+        How many rows of ``x`` (and of ``x_train``) the inference gaps use.
+    gap_steps : int
+        Adam steps of the q* fit.
+
+    Returns
+    -------
+    dict
+        The columns of :data:`COLUMNS` that the VAE determines (test ELBO and its terms,
+        log p(x) and its standard error over points, active units, gaps, notes, seconds).
+    """
+    start = time.perf_counter()
+    vae.eval()
+    guide = vae.posterior
+    row = {f"test_{key}": value for key, value in evaluate_elbo(vae, x, y).items()}
+    proposal = None
+    if not guide.has_density:
+        proposal = fit_optimal_posterior(vae, x, y, steps=gap_steps)
+    log_px = log_likelihood(vae, x, y, num_samples=num_samples, proposal=proposal)
+    row["log_px"] = float(log_px.mean())
+    row["log_px_se"] = float(log_px.std() / math.sqrt(len(log_px))) if len(log_px) > 1 else 0.0
+    row["num_samples"] = num_samples
+    row["active_units"] = f"{active_units(vae, x, y)[0]}/{vae.dims.latent_dim}"
+    if guide.has_density:
+        m = min(gap_points, len(x))
+        gaps = inference_gaps(vae, x[:m], _head(y, m), log_px=log_px[:m], steps=gap_steps)
+        row["approximation_gap"] = gaps["approximation_gap"]
+        row["amortization_gap"] = gaps["amortization_gap"]
+        if x_train is not None:
+            m = min(gap_points, len(x_train))
+            train = inference_gaps(vae, x_train[:m], _head(y_train, m),
+                                   idx=torch.arange(m, device=x_train.device),
+                                   num_samples=num_samples, steps=gap_steps)
+            row["amortization_gap_train"] = train["amortization_gap"]
+    row["notes"] = guide.evaluation_note or ""
+    row["eval_seconds"] = time.perf_counter() - start
+    return row
+
+
+def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, device="auto"):
+    """Evaluate the checkpoint of a run folder; write ``eval.md`` and ``eval.csv`` into it.
+
+    The test set is the run's own (binarised with the run's fixed seed, as in its
+    metrics); the training-set amortization gap uses the first ``gap_points`` training
+    points, binarised once with a fixed seed when the run binarises dynamically.
+
+    Raises
+    ------
+    CheckpointError
+        If ``run_dir`` holds no run or no checkpoint, or its data no longer fit it.
+
+    Returns
+    -------
+    row : dict
+    paths : list of Path
+    """
+    from ppl_vae.train import Trainer
+
+    trainer = Trainer.resume(run_dir, overrides={"train.device": device}, progress=False)
+    x_train = trainer.x_train[:gap_points]
+    if trainer.dynamic_binarize:
+        seed = trainer.config["train"]["seed"]
+        x_train = binarize(x_train, torch.Generator(device=x_train.device).manual_seed(seed + 2))
+    y_train = None if trainer.y_train is None else trainer.y_train[:gap_points]
+    row = run_description(trainer.config)
+    row.update(evaluate_vae(trainer.vae, trainer.x_test, trainer.y_test, x_train=x_train,
+                            y_train=y_train, num_samples=num_samples, gap_points=gap_points,
+                            gap_steps=gap_steps))
+    run_dir = Path(run_dir)
+    paths = write_table([row], run_dir / "eval.md", run_dir / "eval.csv")
+    return row, paths
+
+
+def run_description(config):
+    """The columns that name a run's model: name, parts and objective (with K for IWAE)."""
+    model, train = config["model"], config["train"]
+    objective = train["objective"]
+    if train["num_particles"] > 1:
+        objective += f" (K={train['num_particles']})"
+    return {"model": config["name"], "prior": model["prior"], "guide": model["guide"],
+            "likelihood": model["likelihood"], "objective": objective}
+
+
+def markdown_table(rows):
+    """Rows as a markdown table; an empty cell where a number does not apply."""
+    lines = ["| " + " | ".join(header for _, header, _ in COLUMNS) + " |",
+             "|" + "|".join("---" if digits is None else "---:" for _, _, digits in COLUMNS) + "|"]
+    for row in rows:
+        cells = [_format(row.get(key), digits) for key, _, digits in COLUMNS]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_table(rows, markdown_path, csv_path):
+    """Write ``rows`` as a markdown table and as CSV (every column, full precision)."""
+    Path(markdown_path).write_text(markdown_table(rows))
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=[key for key, _, _ in COLUMNS],
+                                extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    return [Path(markdown_path), Path(csv_path)]
+
+
+def _format(value, digits):
+    if value is None or value == "":
+        return ""
+    if digits is None:
+        return str(value)
+    return f"{value:.{digits}f}"
+
+
+def _head(t, m):
+    return None if t is None else t[:m]
