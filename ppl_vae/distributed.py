@@ -56,6 +56,33 @@ def all_reduce_sum(tensor):
     return tensor
 
 
+def all_reduce_sum_many(*tensors):
+    """Sum several tensors over processes with one collective; returns the sums.
+
+    The tensors are packed into one flat float64 buffer (on the first tensor's device),
+    summed, and unpacked into new tensors of the inputs' shapes and dtypes; ``None``
+    entries pass through. For one process the inputs come back untouched.
+    """
+    if not is_distributed():
+        return tensors
+    present = [t for t in tensors if t is not None]
+    flat = torch.cat([t.reshape(-1).to(torch.float64) for t in present])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    sums, pieces = [], iter(flat.split([t.numel() for t in present]))
+    for t in tensors:
+        sums.append(None if t is None else next(pieces).reshape(t.shape).to(t.dtype))
+    return tuple(sums)
+
+
+def all_gather(tensor):
+    """Every process's ``tensor`` (the same shape on all), stacked on a new first axis."""
+    if not is_distributed():
+        return tensor.unsqueeze(0)
+    parts = [torch.empty_like(tensor) for _ in range(world_size())]
+    dist.all_gather(parts, tensor.contiguous())
+    return torch.stack(parts)
+
+
 def broadcast_object(obj):
     """Rank 0's ``obj`` on every process."""
     if not is_distributed():

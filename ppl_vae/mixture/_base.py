@@ -15,6 +15,19 @@ Hooks for a subclass (all shapes carry a leading restart axis R):
 - ``_m_step(stats, params, ctx)`` and ``_lower_bound(stats, params, ctx)``: one step and the
   objective recorded after it, shape (R,).
 - ``_export(params, ctx)``: the fitted attributes; ``_score_chunk(x)``: log density rows.
+
+Under ``torch.distributed`` (e.g. started by ``torchrun``), ``fit(X)`` takes X as this
+process's shard of the rows. Everything the loop computes from the data is a sum over
+rows: the data mean and moments (hence the priors), N, and each pass's statistics (N_k,
+sum r x, the second moment, the log-likelihood and entropy terms). Each pass sums its
+statistics over the processes with one all-reduce of a single float64 buffer, so every
+process runs the same M-step on the same numbers: all end with identical parameters,
+equal to one process's fit of all rows, and stop at the same iteration. Initialisation
+is made identical as follows: user-given parameters are used as given; ``resp_init``
+holds the responsibilities of this process's rows; k-means++ and random_from_data seeds
+are drawn by rank 0 among its own rows; k-means then runs Lloyd's iterations on all
+shards; "random" draws each process's rows from its own stream of the shared seed.
+Prediction and scoring stay per row and local.
 """
 
 import inspect
@@ -25,6 +38,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ppl_vae import distributed
 from ppl_vae.device import resolve_device
 from ppl_vae.errors import ConfigError, NotFittedError
 from ppl_vae.mixture import _init
@@ -57,7 +71,8 @@ class FitContext:
 
     @property
     def n_samples(self):
-        return self.data.n_samples
+        """Rows of the whole data set (all processes' shards)."""
+        return self.data.n_total
 
     @property
     def n_features(self):
@@ -175,8 +190,8 @@ class BaseMixture:
         self._check_common()
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype)
-        data = ChunkedData(X, device=device, dtype=dtype)
-        check_n_samples(data.n_samples, self.n_components)
+        data = ChunkedData(X, device=device, dtype=dtype, shard=distributed.is_distributed())
+        check_n_samples(data.n_total, self.n_components)
         cov = covariance_type(self.covariance_type, data.n_features)
         restarts = 1 if self._deterministic_init() else int(self.n_init)
         rk = restarts * self.n_components
@@ -191,7 +206,10 @@ class BaseMixture:
     def _fit(self, X):
         ctx = self._context(X)
         self._prepare(ctx)
-        generator = torch.Generator().manual_seed(_init.seed_from(self.random_state))
+        seed = _init.seed_from(self.random_state)
+        if ctx.data.shard:
+            seed = distributed.broadcast_object(seed)
+        generator = torch.Generator().manual_seed(seed)
         params = self._initialize(ctx, generator)
         best, history, converged, n_iter, bound = self._run(ctx, params)
         if not converged and self.max_iter > 0:
@@ -219,7 +237,7 @@ class BaseMixture:
 
     def _init_provider(self, ctx, generator):
         if getattr(self, "resp_init", None) is not None:
-            return _init.given(self.resp_init, ctx.n_samples, ctx.n_components)
+            return _init.given(self.resp_init, ctx.data.n_samples, ctx.n_components)
         variance = float(torch.diagonal(ctx.covariance()).mean())
         return _init.responsibilities(self.init_params, ctx.data, ctx.n_components,
                                       ctx.n_restarts, generator, variance)
@@ -277,7 +295,7 @@ class BaseMixture:
             _add_first_moments(stats, x, resp)
             if second:
                 _add_second_moment(stats, ctx.cov.second_moment(x, resp, shift_c, None))
-        return stats
+        return _sum_over_shards(stats, ctx.data)
 
     def _e_step(self, ctx, params):
         """One pass: responsibilities under ``params`` and their statistics."""
@@ -300,7 +318,7 @@ class BaseMixture:
             stats.log_likelihood += lse.double().sum(0)
             if log_resp is not None:
                 stats.neg_entropy += (resp * log_resp).sum((0, 2)).double()
-        return stats
+        return _sum_over_shards(stats, ctx.data)
 
     # ------------------------------------------------------------------ prediction
 
@@ -380,6 +398,17 @@ def _empty_stats(r, k, d, device, shift):
     zeros = dict(dtype=torch.float64, device=device)
     return Statistics(nk=torch.zeros((r, k), **zeros), sx=torch.zeros((r, k, d), **zeros),
                       s2=None, shift=shift)
+
+
+_SUMMED = ("nk", "sx", "s2", "log_likelihood", "neg_entropy")
+
+
+def _sum_over_shards(stats, data):
+    """The statistics of all processes' rows (one collective for all of them)."""
+    summed = data.sum_over_shards(*(getattr(stats, name) for name in _SUMMED))
+    for name, value in zip(_SUMMED, summed, strict=True):
+        setattr(stats, name, value)
+    return stats
 
 
 def _add_first_moments(stats, x, resp):

@@ -5,6 +5,10 @@ rows at a time, already centred on the training mean and cast to the compute dty
 that the estimators see float32 numbers of order one even when the user's data sit far
 from the origin. The source array is not copied on the CPU (a numpy array is wrapped
 with ``torch.from_numpy``); only on another device is one centred copy made there.
+
+Under ``torch.distributed`` each process holds a *shard* of the rows: the centre, the
+moments and the row count are then those of all shards together, and
+:meth:`ChunkedData.sum_over_shards` sums any statistic of the rows over the processes.
 """
 
 import math
@@ -13,6 +17,7 @@ import warnings
 import numpy as np
 import torch
 
+from ppl_vae import distributed
 from ppl_vae.errors import ConfigError, DataError
 
 # Bytes that one chunk's largest E-step intermediate may take, per device type: small
@@ -111,11 +116,25 @@ class ChunkedData:
         The number of features the caller expects (checked).
     name : str
         What to call ``X`` in error messages.
+    shard : bool
+        X is this process's share of the rows of data spread over the processes of
+        ``torch.distributed`` (ignored when it is not initialised).
+
+    Attributes
+    ----------
+    n_samples : int
+        Rows of X (this process's).
+    shard_sizes : list of int
+        Rows held by each process (``[n_samples]`` without sharding).
+    n_total : int
+        Rows of all shards together.
     """
 
-    def __init__(self, X, *, device, dtype, center=None, n_features=None, name="X"):
+    def __init__(self, X, *, device, dtype, center=None, n_features=None, name="X",
+                 shard=False):
         source = as_2d_tensor(X, name=name)
         self.n_samples, self.n_features = source.shape
+        self.shard = bool(shard) and distributed.is_distributed()
         if n_features is not None and self.n_features != n_features:
             raise DataError(
                 f"{name}: expected {n_features} features, as in the data the model was "
@@ -126,6 +145,8 @@ class ChunkedData:
         self._source = source
         self._resident = False
         self._check_finite()
+        self.shard_sizes = self._shard_sizes() if self.shard else [self.n_samples]
+        self.n_total = sum(self.shard_sizes)
         self.center = self._mean() if center is None else center.to(device, torch.float64)
         self._center_c = self.center.to(dtype)
         if source.device != device:
@@ -139,11 +160,26 @@ class ChunkedData:
     def _check_finite(self):
         check_finite(self._source, self.name)
 
+    def _shard_sizes(self):
+        # Every process checks the same gathered shapes, so all of them raise together.
+        shapes = distributed.all_gather(torch.tensor(
+            [self.n_samples, self.n_features], device=self.device)).tolist()
+        if any(d != self.n_features for _, d in shapes):
+            raise DataError(f"{self.name}: the processes' shards have different numbers of "
+                            f"features: {[d for _, d in shapes]}")
+        return [n for n, _ in shapes]
+
+    def sum_over_shards(self, *tensors):
+        """The tensors summed over the processes' shards, with one collective (``None``
+        passes through); without sharding, the tensors themselves."""
+        return distributed.all_reduce_sum_many(*tensors) if self.shard else tensors
+
     def _mean(self) -> torch.Tensor:
         total = torch.zeros(self.n_features, dtype=torch.float64, device=self._source.device)
         for _, block in self._raw_chunks(2**16):
             total += block.to(torch.float64).sum(0)
-        return (total / self.n_samples).to(self.device)
+        (total,) = self.sum_over_shards(total.to(self.device))
+        return (total / self.n_total).to(self.device)
 
     def _resident_copy(self) -> torch.Tensor:
         # One centred copy on the compute device; chunks are then views of it.
@@ -184,7 +220,8 @@ class ChunkedData:
                 x = x - self.center
             second += x.T @ x if full else x.square().sum(0)
             total += x.sum(0)
-        return (second if full else torch.diag(second)), total / self.n_samples
+        second, total = self.sum_over_shards(second, total)
+        return (second if full else torch.diag(second)), total / self.n_total
 
 
 def warn_constant_features(variances: torch.Tensor, scale: float):

@@ -4,6 +4,12 @@ As in scikit-learn, an initialisation is a set of responsibilities from which on
 computes the first parameters. Here each is a *provider*: a function ``(start, x) ->
 resp`` that returns the responsibilities of the chunk of rows starting at ``start``,
 shape ``(rows, R, K)`` for R restarts, so that no N x K array is ever held.
+
+On data sharded over processes (see :class:`~ppl_vae.mixture._data.ChunkedData`) every
+process must start from the same parameters, i.e. the same summed statistics: seeds are
+drawn by rank 0 among its own rows (the others hold none), k-means centres are broadcast
+from rank 0 and refined by Lloyd's iterations over all shards, and "random" draws each
+process's rows from its own stream of the shared seed.
 """
 
 import math
@@ -12,7 +18,8 @@ import warnings
 import numpy as np
 import torch
 
-from ppl_vae.errors import ConfigError
+from ppl_vae import distributed
+from ppl_vae.errors import ConfigError, DataError
 from ppl_vae.mixture._data import DegenerateDataWarning
 
 # Lloyd's algorithm stops when the centres move (in squared distance, summed) by less
@@ -119,6 +126,7 @@ def lloyd(data, centres, variance_scale, *, max_iter=KMEANS_MAX_ITER, tol=KMEANS
             one_hot = _nearest_one_hot(x, centres)
             counts += one_hot.sum(0).double()
             sums += (one_hot.reshape(len(x), r * k).T @ x).reshape(r, k, d).double()
+        counts, sums = data.sum_over_shards(counts, sums)
         new = torch.where(counts[..., None] > 0, sums / counts.clamp(min=1)[..., None], centres)
         shift = (new - centres).square().sum((-2, -1))
         centres = new
@@ -140,7 +148,7 @@ def nearest_centre(centres):
 
 def seed_points(indices, n_clusters):
     """Provider: responsibility 1 at each seed point for its component, 0 elsewhere."""
-    r = indices.shape[0]
+    r = indices.shape[0]  # an index of -1 is no row of this process
 
     def provider(start, x):
         resp = torch.zeros((len(x), r, n_clusters), dtype=x.dtype, device=x.device)
@@ -153,13 +161,14 @@ def seed_points(indices, n_clusters):
     return provider
 
 
-def uniform_random(seed, n_restarts, n_clusters, block=4096):
+def uniform_random(seed, n_restarts, n_clusters, block=4096, stream=0):
     """Provider: uniform random responsibilities, normalised per row (scikit-learn's
     'random'). Rows are drawn in fixed blocks, each with its own seed, so that the
-    responsibilities do not depend on the chunk size and repeated passes agree."""
+    responsibilities do not depend on the chunk size and repeated passes agree; each
+    ``stream`` (a process's rank) has its own seeds (``seed + index < 2**32``)."""
 
     def draw(index):
-        gen = torch.Generator().manual_seed(seed + index)
+        gen = torch.Generator().manual_seed(seed + index + stream * 2**32)
         return torch.rand((block, n_restarts, n_clusters), generator=gen, dtype=torch.float64)
 
     def provider(start, x):
@@ -184,25 +193,50 @@ def given(resp_init, n_samples, n_clusters):
     return lambda start, x: resp[start:start + len(x)].to(x.device, x.dtype).unsqueeze(1)
 
 
+def _seeds(pick, data, n_clusters, n_restarts, generator):
+    """Row indices (R, K) from ``pick``; on sharded data only rank 0 picks, among its own
+    rows, and the other processes get -1 (none of their rows)."""
+    if not data.shard:
+        return pick(data, n_clusters, n_restarts, generator)
+    if data.shard_sizes[0] < n_clusters:
+        raise DataError(f"process 0 draws the initial seeds among its own rows, but holds "
+                        f"{data.shard_sizes[0]}, fewer than n_components={n_clusters}; give "
+                        "it more rows or pass initial parameters")
+    if distributed.rank() == 0:
+        return pick(data, n_clusters, n_restarts, generator)
+    return torch.full((n_restarts, n_clusters), -1, dtype=torch.long)
+
+
+def _distinct_seeds(data, n_clusters, n_restarts, generator):
+    return torch.stack([distinct_indices(data.n_samples, n_clusters, generator)
+                        for _ in range(n_restarts)])
+
+
 def _kmeans(data, n_clusters, n_restarts, generator, variance_scale):
-    seeds = kmeans_plusplus(data, n_clusters, n_restarts, generator)
-    centres = data.rows(seeds.flatten()).reshape(n_restarts, n_clusters, -1)
+    seeds = _seeds(kmeans_plusplus, data, n_clusters, n_restarts, generator)
+    if not data.shard:
+        centres = data.rows(seeds.flatten()).reshape(n_restarts, n_clusters, -1)
+    else:  # rank 0 holds the seed rows
+        mine = data.rows(seeds.flatten()).cpu() if distributed.rank() == 0 else None
+        centres = distributed.broadcast_object(mine).to(data.device).reshape(
+            n_restarts, n_clusters, -1)
     return nearest_centre(lloyd(data, centres, variance_scale))
 
 
 def _kmeans_plusplus(data, n_clusters, n_restarts, generator, variance_scale):
-    return seed_points(kmeans_plusplus(data, n_clusters, n_restarts, generator), n_clusters)
+    return seed_points(_seeds(kmeans_plusplus, data, n_clusters, n_restarts, generator),
+                       n_clusters)
 
 
 def _random_from_data(data, n_clusters, n_restarts, generator, variance_scale):
-    indices = torch.stack([distinct_indices(data.n_samples, n_clusters, generator)
-                           for _ in range(n_restarts)])
-    return seed_points(indices, n_clusters)
+    return seed_points(_seeds(_distinct_seeds, data, n_clusters, n_restarts, generator),
+                       n_clusters)
 
 
 def _random(data, n_clusters, n_restarts, generator, variance_scale):
     seed = int(torch.randint(2**31, (1,), generator=generator))
-    return uniform_random(seed, n_restarts, n_clusters)
+    return uniform_random(seed, n_restarts, n_clusters,
+                          stream=distributed.rank() if data.shard else 0)
 
 
 # scikit-learn's names; "kmeans++" is accepted for "k-means++".

@@ -78,7 +78,9 @@ class BayesianGaussianMixture(BaseMixture):
         W_0^{-1}, in the covariance type's shape; default the data covariance (ddof=1),
         its diagonal (diag) or the mean of its diagonal (spherical).
     resp_init : array-like of shape (n_samples, n_components), optional
-        Initial responsibilities (overrides ``init_params``), e.g. from labels.
+        Initial responsibilities (overrides ``init_params``), e.g. from labels; under
+        ``torch.distributed``, those of this process's rows of X (as for GaussianMixture,
+        X is then this process's shard of the data).
     random_state, chunk_size, device, dtype, callback
         As in :class:`~ppl_vae.mixture.GaussianMixture`.
 

@@ -6,11 +6,17 @@ of it while printing the objective per iteration, and writes ``ellipses.png``,
 ``objective.png`` and ``result.json`` (objective history, parameters, train and held-out
 log-likelihood in nats per example, adjusted Rand index against known labels) into
 ``--out``. User errors print one line, ``error: ...``, and return exit status 2.
+
+Under ``torchrun --nproc_per_node=N`` (em and cavi only) every process loads the data and
+fits its shard of the training rows (every N-th row from its rank); the sufficient
+statistics are summed over the processes each iteration, so the fit is that of all rows.
+Only rank 0 prints, shows progress, evaluates and writes files.
 """
 
 import argparse
 import json
 import math
+import os
 import sys
 import time
 import warnings
@@ -21,11 +27,14 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ppl_vae import distributed
+from ppl_vae.device import resolve_device
 from ppl_vae.errors import ConfigError, DataError, PplVaeError
 from ppl_vae.mixture._covariance import COVARIANCE_TYPES, covariance_type
 from ppl_vae.mixture._data import as_2d_tensor, check_finite
 
 METHOD_NAMES = ("em", "cavi", "pyro-map", "pyro-meanfield", "nuts")
+SHARDED_METHODS = ("em", "cavi")  # the methods that torchrun spreads over processes
 TEST_FRACTION = 0.2
 
 
@@ -126,6 +135,8 @@ class Fit:
 
 def _progress_callback(bar, name):
     def callback(iteration, lower_bounds):
+        if bar.disable:
+            return
         value = float(np.nanmax(lower_bounds))
         bar.update(1)
         bar.set_postfix({name: f"{value:.6g}"})
@@ -137,12 +148,13 @@ def _progress_callback(bar, name):
 def _fit_sklearn_style(cls, args, data, objective, per_example, **kwargs):
     scale = 1.0 / len(data.x_train) if per_example else 1.0
     max_iter = args.max_iter or (30 if args.quick else 100)
-    with tqdm(total=max_iter, desc=args.method, file=sys.stderr) as bar:
+    with tqdm(total=max_iter, desc=args.method, file=sys.stderr,
+              disable=not distributed.is_main()) as bar:
         callback = _progress_callback(bar, "objective")
         model = cls(args.components, covariance_type=args.covariance_type, max_iter=max_iter,
                     n_init=args.n_init, random_state=args.seed, device=args.device,
                     callback=lambda i, lb: callback(i, lb * scale), **kwargs)
-        model.fit(data.x_train)
+        model.fit(data.x_train[distributed.rank()::distributed.world_size()])
     full = covariance_type(args.covariance_type, data.x_train.shape[1]).to_full(
         torch.as_tensor(model.covariances_), args.components).numpy()
     history = [value * scale for value in model.lower_bounds_]
@@ -271,22 +283,48 @@ def _finite(value):
     return None if value is None or not math.isfinite(value) else float(value)
 
 
+def _join_processes(args):
+    """Under torchrun (WORLD_SIZE > 1), join its process group and use this process's
+    device; returns True when this call created the group."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or distributed.is_distributed():
+        return False
+    if args.method not in SHARDED_METHODS:
+        raise ConfigError(f"--method {args.method} runs in one process; under torchrun use "
+                          f"{' or '.join(SHARDED_METHODS)}")
+    args.device = str(distributed.init_from_environment(resolve_device(args.device)))
+    return True
+
+
 def run(args):
     if args.components < 1:
         raise ConfigError(f"--components must be a positive integer; got {args.components}")
     if args.max_iter is not None and args.max_iter < 1:
         raise ConfigError(f"--max-iter must be a positive integer; got {args.max_iter}")
+    created = _join_processes(args)
+    try:
+        return _fit_and_report(args)
+    finally:
+        if created:
+            torch.distributed.destroy_process_group()
+
+
+def _fit_and_report(args):
     data = load_data(args.data, pca_dims=args.pca_dims, seed=args.seed, quick=args.quick)
     out = Path(args.out or f"runs/gmm-{args.method}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} exists and is not a folder")
-    print(f"{args.method} on {data.name}: {len(data.x_train)} train / {len(data.x_test)} "
-          f"test points, {data.x_train.shape[1]} features, {args.components} components")
+    writer = distributed.is_main()
+    if writer:
+        print(f"{args.method} on {data.name}: {len(data.x_train)} train / "
+              f"{len(data.x_test)} test points, {data.x_train.shape[1]} features, "
+              f"{args.components} components, {distributed.world_size()} process(es)")
     started = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         fit = METHODS[args.method](args, data)
     seconds = time.perf_counter() - started
+    if not writer:
+        return 0
     for warning in caught:
         if issubclass(warning.category, UserWarning):
             print(f"warning: {warning.message}", file=sys.stderr)
@@ -300,6 +338,7 @@ def run(args):
         "n_test": len(data.x_test),
         "n_components": args.components,
         "covariance_type": args.covariance_type,
+        "processes": distributed.world_size(),
         "seconds": seconds,
         "objective": {"name": fit.objective, "history": [_finite(v) for v in fit.history]},
         "weights": np.asarray(model.weights_).tolist(),

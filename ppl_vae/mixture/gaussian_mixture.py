@@ -6,6 +6,7 @@ import warnings
 import numpy as np
 import torch
 
+from ppl_vae import distributed
 from ppl_vae.errors import ConfigError
 from ppl_vae.mixture._base import NK_EPS, BaseMixture
 from ppl_vae.mixture._data import DegenerateDataWarning
@@ -95,6 +96,11 @@ class GaussianMixture(BaseMixture):
     worst-fitted data point (covariance: the data covariance; weight: 1 / n_samples)
     with a :class:`~ppl_vae.mixture.DegenerateDataWarning`; the log-likelihood may drop
     at that iteration.
+
+    When ``torch.distributed`` is initialised (e.g. under ``torchrun``), ``fit(X)`` takes X
+    as this process's shard of the rows: the statistics of every iteration are summed
+    over the processes with one all-reduce, and all processes end with the parameters of
+    one fit of all rows (see :mod:`ppl_vae.mixture._base` for the initialisation).
 
     References
     ----------
@@ -197,9 +203,8 @@ class GaussianMixture(BaseMixture):
         data_cov = ctx.cov.project(ctx.covariance())
         for r in torch.nonzero(empty.any(-1)).flatten().tolist():
             ks = torch.nonzero(empty[r]).flatten()
-            worst = self._worst_points(ctx, {n: v[r:r + 1] for n, v in params.items()},
-                                       len(ks))
-            means[r, ks] = ctx.data.rows(worst)
+            means[r, ks] = self._worst_points(ctx, {n: v[r:r + 1] for n, v in params.items()},
+                                              len(ks))
             weights[r, ks] = 1.0 / ctx.n_samples
             if ctx.cov.per_component:
                 cov[r, ks] = data_cov
@@ -210,7 +215,8 @@ class GaussianMixture(BaseMixture):
         return weights / weights.sum(-1, keepdim=True), means, cov
 
     def _worst_points(self, ctx, params, count):
-        """Indices of the ``count`` rows with the lowest log-likelihood under ``params``."""
+        """The ``count`` rows (centred, float64) with the lowest log-likelihood under
+        ``params``, among all processes' rows."""
         dtype = ctx.data.dtype
         offset = self._log_offset(params, ctx.cov).to(dtype)
         values, indices = [], []
@@ -222,7 +228,11 @@ class GaussianMixture(BaseMixture):
             values.append(low.values)
             indices.append(low.indices + start)
         values, indices = torch.cat(values), torch.cat(indices)
-        return indices[torch.topk(values, count, largest=False).indices]
+        low = torch.topk(values, min(count, len(values)), largest=False)
+        values, rows = low.values, ctx.data.rows(indices[low.indices])
+        if ctx.data.shard:
+            values, rows = _gather_lowest(values, rows, count)
+        return rows[torch.topk(values, count, largest=False).indices]
 
     # ------------------------------------------------------------------ model selection
 
@@ -242,6 +252,15 @@ class GaussianMixture(BaseMixture):
         (lower is better)."""
         n = self._validated(X).n_samples
         return -2 * self.score(X) * n + 2 * self._n_parameters()
+
+
+def _gather_lowest(values, rows, count):
+    """Every process's (up to) ``count`` lowest values and their rows, padded with inf
+    so that all processes' shapes agree."""
+    pad = count - len(values)
+    values = torch.nn.functional.pad(values, (0, pad), value=torch.inf)
+    rows = torch.nn.functional.pad(rows, (0, 0, 0, pad))
+    return (distributed.all_gather(t).flatten(0, 1) for t in (values, rows))
 
 
 def _as_float64(value, name, shape, device):
