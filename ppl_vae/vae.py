@@ -10,6 +10,7 @@ The parts (prior, guide, likelihood, decoder) are chosen by name through
 :func:`build_vae`; nothing in this file depends on which ones they are.
 """
 
+import itertools
 from dataclasses import dataclass
 
 import pyro
@@ -19,6 +20,8 @@ from torch import nn
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.registry import incompatibility, lookup
+
+_instances = itertools.count()
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,9 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         self.decoder = decoder
         self.beta = beta
+        # Pyro's param store is global: two VAEs under one name would share (and silently
+        # train) the first one's tensors under SVI. Each instance gets its own name.
+        self.name = f"vae{next(_instances)}"
         # Parts built from other parts (the VampPrior from the guide's encoder, guides that
         # optimise the model's ELBO) connect here, holding plain references, not submodules.
         for part in (prior, posterior):
@@ -104,7 +110,7 @@ class VAE(nn.Module):
             size N and scales the minibatch's log densities by N / B, so the objective
             estimates the full-data ELBO; without them the plate is the batch itself.
         """
-        pyro.module("vae", self)
+        pyro.module(self.name, self)
         with self._data_plate(x, idx):
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", self.prior().expand(x.shape[:-1]))
@@ -114,7 +120,7 @@ class VAE(nn.Module):
 
     def guide(self, x, y=None, idx=None):
         """q(z | x) (q(z | x, y) for a conditional VAE); arguments as for :meth:`model`."""
-        pyro.module("vae", self)
+        pyro.module(self.name, self)
         with self._data_plate(x, idx):
             with poutine.scale(scale=self.beta):
                 z = pyro.sample("z", self.posterior(self._condition(x, y), idx))

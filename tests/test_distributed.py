@@ -10,11 +10,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
 from ppl_vae.checkpoint import load_checkpoint
-from ppl_vae.registry import GUIDES
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["--guide", "delta", "--binarize", "static", "--hidden", "32", "--latent-dim", "2",
@@ -32,7 +30,6 @@ def train(out, nproc):
     return load_checkpoint(out / "checkpoint.pt")
 
 
-@pytest.mark.skipif("delta" not in GUIDES, reason="needs the delta guide")
 def test_two_processes_match_one(tmp_path):
     one = train(tmp_path / "one", 1)
     two = train(tmp_path / "two", 2)
