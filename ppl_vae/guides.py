@@ -258,8 +258,14 @@ class SemiAmortizedNormal(AmortizedDiagonalNormal):
 class PerDatapointNormal(nn.Module):
     """Non-amortized mean-field normal: a table of (mu_n, sigma_n) for the N training points.
 
-    The classical VI of THEORY.md item 8: no encoder; ``idx`` picks the rows of the
-    minibatch, and each row is trained only when its point is in the minibatch.
+    The classical VI of THEORY.md item 8: no encoder; one (N, 2L) parameter table holds
+    each training point's local parameters lambda_n = (mu_n, rho_n), ``idx`` picks the
+    minibatch's rows, and a row is trained only when its point is in the minibatch.
+
+    That is about B/N of the updates a shared weight gets. The table is stored divided by
+    ``step_scale``, which makes Adam's steps on it (whose size is set by the learning
+    rate, whatever the gradient's scale) ``step_scale`` times larger; step_scale ~ N/B
+    evens out the visits. It changes the parameterization, not the family.
 
     Data outside the training set (``idx=None``) have no row. For them the guide fits
     fresh local parameters: ``fit_steps`` Adam steps on each point's ELBO from the prior's
@@ -272,6 +278,8 @@ class PerDatapointNormal(nn.Module):
         ``num_data`` (N, the table's rows) and ``latent_dim``.
     make_net : callable
         Unused (no encoder); accepted so that every guide has one constructor.
+    step_scale : float
+        The table's step multiplier (see above).
     fit_steps, fit_lr, fit_samples : int, float, int
         The fit for data outside the training set.
     min_scale : float
@@ -281,18 +289,24 @@ class PerDatapointNormal(nn.Module):
     amortized = False
     has_density = True
 
-    def __init__(self, dims, make_net=None, *, fit_steps=200, fit_lr=0.05, fit_samples=1,
-                 min_scale=1e-4):
+    def __init__(self, dims, make_net=None, *, step_scale=1.0, fit_steps=200, fit_lr=0.05,
+                 fit_samples=1, min_scale=1e-4):
         super().__init__()
         if dims.num_data < 1:
             raise ConfigError("the per-datapoint guide needs the number of training points "
                               "(Dims.num_data)")
-        shape = (dims.num_data, dims.latent_dim)
-        self._unit_scale = float(inverse_softplus(1.0 - min_scale))  # raw value of sigma = 1
-        self.loc = nn.Parameter(torch.zeros(shape))
-        self.raw_scale = nn.Parameter(torch.full(shape, self._unit_scale))
+        if step_scale <= 0:
+            raise ConfigError(f"step_scale must be > 0; got {step_scale}")
+        self.latent_dim = dims.latent_dim
         self.min_scale = min_scale
+        self.step_scale = step_scale
         self.fit = {"steps": fit_steps, "lr": fit_lr, "num_samples": fit_samples}
+        # lambda = (mu, rho) of N(0, I): the starting point of the rows and of new fits.
+        self.register_buffer("prior_params", torch.cat([
+            torch.zeros(dims.latent_dim),
+            torch.full((dims.latent_dim,), float(inverse_softplus(1.0 - min_scale)))]),
+            persistent=False)
+        self.table = nn.Parameter(self.prior_params.repeat(dims.num_data, 1) / step_scale)
         self._vae = None
 
     @property
@@ -309,12 +323,10 @@ class PerDatapointNormal(nn.Module):
 
     def local_params(self, inputs, idx=None):
         if idx is not None:
-            return torch.cat([self.loc[idx], self.raw_scale[idx]], dim=-1)
+            return self.step_scale * self.table[idx]
         x, y = _split_inputs(self._vae, inputs)
-        prior_like = torch.cat([torch.zeros_like(self.loc[:1]),
-                                torch.full_like(self.raw_scale[:1], self._unit_scale)], dim=-1)
-        return fit_local(self._vae, x, y, self.family, prior_like.expand(x.shape[0], -1),
-                         **self.fit)
+        start = self.prior_params.expand(x.shape[0], -1)
+        return fit_local(self._vae, x, y, self.family, start, **self.fit)
 
     def forward(self, inputs, idx=None):
         return self.family(self.local_params(inputs, idx))

@@ -11,6 +11,8 @@ class attribute ``needs_encoder_density``, which :func:`ppl_vae.registry.incompa
 reads.
 """
 
+import math
+
 import pyro.distributions as dist
 import torch
 from torch import nn
@@ -23,6 +25,43 @@ def inverse_softplus(y):
     """x with softplus(x) = y, for y > 0: initialises a raw parameter at a chosen scale."""
     y = torch.as_tensor(y, dtype=torch.get_default_dtype())
     return y + torch.log(-torch.expm1(-y))
+
+
+class DiagonalNormalMixture(dist.MixtureSameFamily):
+    """A mixture of diagonal normals whose ``log_prob`` uses matrix products.
+
+    sum_j (z_j - m_kj)^2 / s_kj^2 is expanded into
+    z^2 @ (1/s^2)^T - 2 z @ (m/s^2)^T + sum_j m_kj^2 / s_kj^2, so that scoring N points
+    against K components costs two (N, L) x (L, K) products instead of an (N, K, L)
+    broadcast: the difference between seconds and a minute for log p(x) with K = 5000
+    samples per point. The expansion cancels large terms, so it runs in float64. An
+    expanded mixture (batch shape not empty) is scored the generic way.
+    """
+
+    def log_prob(self, value):
+        if self.batch_shape:
+            return super().log_prob(value)
+        normal = self.component_distribution.base_dist
+        precision = normal.scale.double().pow(-2)  # (K, L)
+        weighted_loc = normal.loc.double() * precision
+        z = value.double().reshape(-1, value.shape[-1])
+        quadratic = (z.pow(2) @ precision.T - 2 * z @ weighted_loc.T
+                     + (normal.loc.double() * weighted_loc).sum(-1))
+        log_norm = (normal.scale.double().log().sum(-1)
+                    + 0.5 * value.shape[-1] * math.log(2 * math.pi))
+        log_weights = self.mixture_distribution.logits.double().log_softmax(-1)
+        per_component = log_weights - log_norm - 0.5 * quadratic
+        return per_component.logsumexp(-1).reshape(value.shape[:-1]).to(value.dtype)
+
+
+def diagonal_mixture(logits, components):
+    """The mixture ``logits`` x ``components``: the fast :class:`DiagonalNormalMixture` when
+    the components are diagonal normals, Pyro's ``MixtureSameFamily`` otherwise."""
+    weights = dist.Categorical(logits=logits)
+    diagonal = (isinstance(components, dist.Independent)
+                and isinstance(components.base_dist, dist.Normal)
+                and components.reinterpreted_batch_ndims == 1)
+    return (DiagonalNormalMixture if diagonal else dist.MixtureSameFamily)(weights, components)
 
 
 class StandardNormal(nn.Module):
@@ -73,8 +112,7 @@ class MixtureOfGaussians(nn.Module):
 
     def forward(self):
         components = dist.Normal(self.locs, softplus(self.raw_scales) + self.min_scale)
-        return dist.MixtureSameFamily(dist.Categorical(logits=self.logits),
-                                      components.to_event(1))
+        return diagonal_mixture(self.logits, components.to_event(1))
 
 
 class VampPrior(nn.Module):
@@ -153,5 +191,5 @@ class VampPrior(nn.Module):
                               "build_vae, which calls bind(vae)")
         components = self._encoder(self.pseudo_inputs)
         k = components.batch_shape[-1]
-        weights = dist.Categorical(logits=torch.zeros(k, device=self.raw_pseudo_inputs.device))
-        return dist.MixtureSameFamily(weights, components)
+        return diagonal_mixture(torch.zeros(k, device=self.raw_pseudo_inputs.device),
+                                components)

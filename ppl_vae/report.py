@@ -39,6 +39,7 @@ COLUMNS = [
     ("approximation_gap", "approx. gap", 2),
     ("amortization_gap", "amort. gap", 2),
     ("amortization_gap_train", "amort. gap (train)", 2),
+    ("train_seconds", "train s", 0),
     ("eval_seconds", "eval s", 1),
     ("notes", "notes", None),
 ]
@@ -124,6 +125,7 @@ def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, de
         x_train = binarize(x_train, torch.Generator(device=x_train.device).manual_seed(seed + 2))
     y_train = None if trainer.y_train is None else trainer.y_train[:gap_points]
     row = run_description(trainer.config)
+    row["train_seconds"] = sum(m["seconds"] for m in trainer.metrics)
     row.update(evaluate_vae(trainer.vae, trainer.x_test, trainer.y_test, x_train=x_train,
                             y_train=y_train, num_samples=num_samples, gap_points=gap_points,
                             gap_steps=gap_steps))

@@ -3,7 +3,9 @@ ordering log p(x) >= ELBO, the K-sample bound's growth in K, q* against q, and t
 ``ppl-vae eval`` command's outputs and errors."""
 
 import csv
+import importlib.util
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -28,6 +30,7 @@ from ppl_vae.train import Trainer
 from ppl_vae.vae import Dims, build_vae
 
 DIMS = Dims(data_dim=12, latent_dim=3, num_data=30)
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def binary_data(n=DIMS.num_data, seed=3):
@@ -158,7 +161,7 @@ def test_per_datapoint_guide_uses_its_table_for_training_points_and_fits_new_one
     x = binary_data()
     with torch.no_grad():
         table = vae.encode(x[:4], idx=torch.arange(4)).mean
-    torch.testing.assert_close(table, vae.posterior.loc[:4])
+    torch.testing.assert_close(table, vae.posterior.table[:4, : DIMS.latent_dim])
     idx = torch.arange(10)
     train_gaps = inference_gaps(vae, x[:10], idx=idx, num_samples=500, elbo_samples=500,
                                 steps=100)
@@ -218,3 +221,17 @@ def test_eval_command_errors_are_one_line_and_exit_2(tmp_path, capsys):
     assert cli_main(["eval", str(run_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "dimension 16" in err and "\n" not in err
+
+
+def test_zoo_script_quick_mode_writes_the_table(tmp_path, capsys):
+    path = ROOT / "scripts" / "zoo_results.py"
+    spec = importlib.util.spec_from_file_location("zoo_results", path)
+    zoo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(zoo)
+    assert zoo.main(["--quick", "--models", "vae", "autoencoder", "--out", str(tmp_path)]) == 0
+    with open(tmp_path / "zoo.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["model"] for row in rows] == ["vae", "autoencoder"]
+    assert rows[1]["approximation_gap"] == "" and "not a bound" in rows[1]["notes"]
+    assert "log p(x) of 1000 points with K = 50" in (tmp_path / "zoo.md").read_text()
+    assert "| vae |" in capsys.readouterr().out

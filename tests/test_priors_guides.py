@@ -206,16 +206,21 @@ def test_flow_guide_weights_are_module_parameters_and_its_density_is_exact():
 
 
 def test_per_datapoint_guide_reads_its_table_and_trains_only_the_visited_rows():
+    scaled = small_vae(guide="per-datapoint", guide_options={"step_scale": 10.0})
+    torch.testing.assert_close(scaled.posterior.local_params(None, torch.arange(3)),
+                               scaled.posterior.prior_params.expand(3, -1))
+
     vae = small_vae(guide="per-datapoint")
     x = data_for("bernoulli")
     idx = torch.tensor([3, 7, 11])
+    table = vae.posterior.table
     with torch.no_grad():
-        vae.posterior.loc.copy_(torch.randn_like(vae.posterior.loc))
+        table.copy_(torch.randn_like(table))
     q = vae.encode(x[idx], idx=idx)
-    torch.testing.assert_close(q.mean, vae.posterior.loc[idx])
+    torch.testing.assert_close(q.mean, table[idx, : DIMS.latent_dim])
     loss = make_objective("elbo").differentiable_loss(vae.model, vae.guide, x[idx], idx=idx)
     loss.backward()
-    visited = vae.posterior.loc.grad.abs().sum(-1) > 0
+    visited = table.grad.abs().sum(-1) > 0
     assert visited.nonzero().flatten().tolist() == idx.tolist()
 
 
@@ -223,9 +228,7 @@ def test_per_datapoint_guide_fits_new_points_without_touching_gradients():
     vae = sharpen(small_vae(guide="per-datapoint", guide_options={"fit_steps": 150}))
     x = data_for("bernoulli", n=6)
     with torch.no_grad():
-        unfitted = vae.posterior.family(torch.cat(
-            [torch.zeros(6, DIMS.latent_dim),
-             torch.full((6, DIMS.latent_dim), vae.posterior._unit_scale)], -1))
+        unfitted = vae.posterior.family(vae.posterior.prior_params.expand(6, -1))
         z = unfitted.sample((2000,))
         log_prior, log_lik = vae(x, z)
         start = (log_prior + log_lik - unfitted.log_prob(z)).mean(0)
