@@ -26,6 +26,7 @@ TRAIN_OVERRIDES = {
     "beta": "model.beta",
     "objective": "train.objective",
     "num_particles": "train.num_particles",
+    "jit": "train.jit",
     "epochs": "train.epochs",
     "batch_size": "train.batch_size",
     "lr": "train.lr",
@@ -64,6 +65,8 @@ def add_train_arguments(parser):
     train = parser.add_argument_group("training")
     train.add_argument("--objective", help="elbo (Monte Carlo KL) or meanfield (analytic KL)")
     train.add_argument("--num-particles", type=int)
+    train.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
+                       help="compile model and guide with torch.jit (elbo, meanfield)")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)

@@ -40,6 +40,7 @@ DEFAULTS = {
     "train": {
         "objective": "meanfield",
         "num_particles": 1,
+        "jit": True,  # compile model and guide with torch.jit: the fast path
         "epochs": 200,
         "batch_size": 128,
         "lr": 1e-3,

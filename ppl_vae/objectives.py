@@ -11,7 +11,13 @@ annealing) is done with ``poutine.scale`` inside the model and guide, not here.
 import math
 
 import torch
-from pyro.infer import RenyiELBO
+from pyro.infer import (
+    JitTrace_ELBO,
+    JitTraceMeanField_ELBO,
+    RenyiELBO,
+    Trace_ELBO,
+    TraceMeanField_ELBO,
+)
 from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
 
 from ppl_vae.errors import ConfigError
@@ -69,14 +75,60 @@ def _plate_scale(site):
     return scale
 
 
-def make_objective(name="meanfield", *, num_particles=1):
+class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):
+    """Pyro's ``JitTraceMeanField_ELBO`` with its compiled loss kept between calls.
+
+    In Pyro 1.9 its ``differentiable_loss`` tests for the wrong attribute and so traces and
+    compiles the model again at every step, which makes it slower than no JIT at all.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        if getattr(self, "_differentiable_loss", None) is None:
+            return super().differentiable_loss(model, guide, *args, **kwargs)
+        kwargs["_pyro_model_id"] = id(model)
+        kwargs["_pyro_guide_id"] = id(guide)
+        return self._differentiable_loss(*args, **kwargs)
+
+
+class SurrogateJitTrace_ELBO(JitTrace_ELBO):
+    """Pyro's ``JitTrace_ELBO`` with a ``differentiable_loss`` whose gradient is right.
+
+    In Pyro 1.9 it returns ``loss + (surrogate - surrogate.detach())`` with ``loss`` not
+    detached, so reparameterized terms are differentiated twice (their gradients doubled).
+    Here the value is the loss and the gradient the surrogate's alone, as in ``Trace_ELBO``.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        loss, surrogate = self.loss_and_surrogate_loss(model, guide, *args, **kwargs)
+        return loss.detach() + (surrogate - surrogate.detach())
+
+
+# The compiled (TorchScript) version of each objective that has one.
+JIT_VERSIONS = {
+    Trace_ELBO: SurrogateJitTrace_ELBO,
+    TraceMeanField_ELBO: CachedJitTraceMeanField_ELBO,
+}
+
+
+def make_objective(name="meanfield", *, num_particles=1, jit=False):
     """Build the ELBO named ``name`` with ``num_particles`` vectorized samples per data point.
 
     ``max_plate_nesting=1``: the only plate is the data plate, so particles can be
     vectorized along dimension -2 without Pyro tracing the model first to find out.
+
+    ``jit=True`` compiles model and guide with ``torch.jit.trace`` at the first step and
+    replays the compiled graph afterwards, which removes Pyro's per-step Python overhead.
+    It needs a model of static structure whose tensor inputs are all positional
+    arguments; one graph is compiled per distinct set of keyword arguments.
     """
     from ppl_vae.registry import lookup  # the registry imports IWAE from here
 
     cls = lookup("objective", name)
+    if jit:
+        if cls not in JIT_VERSIONS:
+            raise ConfigError(f"the {name!r} objective has no JIT-compiled version; "
+                              "set train.jit = false (or pass --no-jit)")
+        cls = JIT_VERSIONS[cls]
+    options = {"ignore_jit_warnings": True} if jit else {}
     return cls(num_particles=num_particles, vectorize_particles=num_particles > 1,
-               max_plate_nesting=1)
+               max_plate_nesting=1, **options)

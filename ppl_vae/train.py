@@ -17,6 +17,7 @@ the single-process gradient of the whole minibatch when the shards are of equal 
 
 import csv
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from ppl_vae.vae import Dims, build_vae
 METRICS = ("epoch", "step", "train_elbo", "test_elbo", "test_recon", "test_kl", "seconds")
 CHECKPOINT = "checkpoint.pt"
 # Settings that may differ between a run and its resumption.
-RESUMABLE = {"train.epochs", "train.device"}
+RESUMABLE = {"train.epochs", "train.device", "train.jit"}
 
 
 class Trainer:
@@ -90,7 +91,8 @@ class Trainer:
                                            if k not in ("latent_dim", "conditional")})
         self.vae.to(self.device)
         self.objective = make_objective(train_cfg["objective"],
-                                        num_particles=train_cfg["num_particles"])
+                                        num_particles=train_cfg["num_particles"],
+                                        jit=train_cfg["jit"])
         self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=train_cfg["lr"])
         self.loss = _Objective(self.vae, self.objective)
         if distributed.is_distributed():
@@ -169,6 +171,8 @@ class Trainer:
             (self.run_dir / "config.toml").write_text(dump_toml(self.config))
         epochs = self.config["train"]["epochs"]
         steps_per_epoch = -(-self.x_train.shape[0] // self.config["train"]["batch_size"])
+        if self.config["train"]["jit"] and self.epoch < epochs:
+            self._compile()
         bar = tqdm(total=epochs * steps_per_epoch, initial=self.epoch * steps_per_epoch,
                    disable=not (self.progress and main), unit="step", dynamic_ncols=True)
         try:
@@ -192,6 +196,31 @@ class Trainer:
 
             save_run_figures(self.vae, self.data.to(self.device), self.metrics, self.run_dir)
         return self.metrics[-1] if self.metrics else None
+
+    def _compile(self):
+        """Trace the JIT objective's graphs (one per batch size) before any epoch is seeded.
+
+        Tracing runs the model and guide and so draws random numbers; doing it here, and not
+        at an epoch's first step, keeps a resumed run identical to an uninterrupted one.
+        The loss is computed and discarded: no gradient step is taken.
+        """
+        loss = getattr(self.loss, "module", self.loss)  # the module inside DDP, if any
+        n, batch_size = self.x_train.shape[0], self.config["train"]["batch_size"]
+        for size in {batch_size, n % batch_size or batch_size}:
+            # This process's share of a global batch of that size; any indices will do.
+            idx = distributed.shard(torch.arange(size, device=self.device))
+            y = None if self.y_train is None else self.y_train[idx]
+            try:
+                with warnings.catch_warnings():
+                    # Pyro's JIT objectives are built on torch.jit.trace, which torch 2.13
+                    # deprecates in favour of torch.compile (which cannot trace Pyro yet).
+                    warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated",
+                                            DeprecationWarning)
+                    loss(self.x_train[idx], y, idx)
+            except RuntimeError as err:  # torch.jit's way of refusing a part
+                first = str(err).strip().splitlines()[0]
+                raise ConfigError(f"this model cannot be JIT-compiled ({first}); train it "
+                                  "with --no-jit (train.jit = false)") from None
 
     def evaluate(self):
         """Test ELBO and its terms (nats per example), each process scoring its shard."""
@@ -293,15 +322,35 @@ class Trainer:
 
 
 class _Objective(nn.Module):
-    """The minibatch loss -ELBO as a module, so DistributedDataParallel can wrap it."""
+    """The minibatch loss -ELBO as a module, so DistributedDataParallel can wrap it.
+
+    Only tensors reach the objective as positional arguments (no ``y=None``), and the batch
+    size goes as a keyword, so that a JIT-compiled objective traces one graph per batch
+    size: the last, smaller batch of an epoch gets its own.
+    """
 
     def __init__(self, vae, objective):
         super().__init__()
         self.vae = vae
         self.objective = objective
+        # Bound once: a JIT objective keys its compiled graphs on id(model) and id(guide).
+        self.model, self.guide = self._model, self._guide
 
     def forward(self, x, y, idx):
-        return self.objective.differentiable_loss(self.vae.model, self.vae.guide, x, y, idx)
+        args = (x, idx) if y is None else (x, y, idx)
+        return self.objective.differentiable_loss(self.model, self.guide, *args,
+                                                  batch_size=x.shape[0])
+
+    def _model(self, *args, batch_size):
+        return self.vae.model(*_unpack(args))
+
+    def _guide(self, *args, batch_size):
+        return self.vae.guide(*_unpack(args))
+
+
+def _unpack(args):
+    """(x, idx) or (x, y, idx) as (x, y, idx)."""
+    return (args[0], None, args[1]) if len(args) == 2 else args
 
 
 def _as_tuple(value):

@@ -220,7 +220,8 @@ def bench_gmm_memory(args):
 
 # ------------------------------------------------------------------------------ svi
 
-SVI_OBJECTIVES = ("meanfield", "elbo")
+# (objective, jit): the trainer's variants timed against the plain loop.
+SVI_VARIANTS = (("meanfield", False), ("elbo", False), ("meanfield", True), ("elbo", True))
 
 
 def plain_torch_epoch(encoder, decoder, optimizer, x, batch_size, min_scale):
@@ -276,14 +277,14 @@ def bench_svi(args):
             path = Path(tmp) / f"data{batch_size}.npz"
             np.savez(path, x_train=torch.rand(n, d, generator=gen).numpy(),
                      x_test=torch.rand(256, d, generator=gen).numpy())
-            trainers = {}
-            for objective in SVI_OBJECTIVES:
+            trainers = []
+            for objective, jit in SVI_VARIANTS:
                 config = load_config("vae", {
                     "data.dataset": str(path), "model.latent_dim": 16,
                     "train.batch_size": batch_size, "train.objective": objective,
-                    "train.device": args.device})
-                trainers[objective] = Trainer(config, Path(tmp) / objective, progress=False)
-            reference = trainers[SVI_OBJECTIVES[0]]
+                    "train.jit": jit, "train.device": args.device})
+                trainers.append(Trainer(config, Path(tmp) / objective, progress=False))
+            reference = trainers[0]
             encoder = copy.deepcopy(reference.vae.posterior.encoder)
             decoder = copy.deepcopy(reference.vae.decoder)
             optimizer = torch.optim.Adam([*encoder.parameters(), *decoder.parameters()], lr=1e-3)
@@ -291,7 +292,7 @@ def bench_svi(args):
             x = reference.x_train
             loops = {"plain PyTorch": functools.partial(
                 plain_torch_epoch, encoder, decoder, optimizer, x, batch_size, min_scale)}
-            for trainer in trainers.values():
+            for trainer in trainers:
                 name = type(trainer.objective).__name__
                 loops[f"ppl-vae Trainer ({name})"] = trainer.train_epoch
             rates = {label: [] for label in loops}

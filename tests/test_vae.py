@@ -1,9 +1,12 @@
 """The VAE as a Pyro program under Pyro's own SVI."""
 
 import pyro
+import pytest
 import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 
+from ppl_vae.errors import ConfigError
+from ppl_vae.objectives import make_objective
 from ppl_vae.vae import Dims, build_vae
 
 
@@ -32,3 +35,38 @@ def test_svi_lowers_the_loss():
         svi.step(x)
     last = sum(svi.evaluate_loss(x) for _ in range(20)) / 20
     assert last < first - 64  # at least a nat per example
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
+@pytest.mark.parametrize("name", ["meanfield", "elbo"])
+def test_jit_objective_equals_the_eager_one(name):
+    """The compiled graph draws the same random numbers and computes the same loss and
+    gradients as Pyro's eager objective at the same parameters."""
+    dims = Dims(data_dim=16, latent_dim=2, num_data=40)
+    vae = build_vae(dims, hidden=(8,))
+    x = torch.bernoulli(torch.full((8, 16), 0.4))
+    idx = torch.arange(8)
+
+    def model(x, idx, batch_size):
+        return vae.model(x, None, idx)
+
+    def guide(x, idx, batch_size):
+        return vae.guide(x, None, idx)
+
+    jit, eager = make_objective(name, jit=True), make_objective(name)
+    jit.differentiable_loss(model, guide, x, idx, batch_size=8)  # compile
+    results = []
+    for objective in (eager, jit):
+        pyro.set_rng_seed(1)
+        loss = objective.differentiable_loss(model, guide, x, idx, batch_size=8)
+        grads = torch.autograd.grad(loss, list(vae.parameters()))
+        results.append((loss.detach(), grads))
+    (a, grads_a), (b, grads_b) = results
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-4)
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        torch.testing.assert_close(ga, gb, rtol=1e-4, atol=1e-5)
+
+
+def test_iwae_has_no_jit_version():
+    with pytest.raises(ConfigError, match="'iwae' objective has no JIT-compiled version"):
+        make_objective("iwae", jit=True)
