@@ -21,8 +21,8 @@ Beyond the ELBO:
 - :func:`inference_gaps`: log p(x) - ELBO(q) split into the approximation gap
   log p(x) - ELBO(q*) and the amortization gap ELBO(q*) - ELBO(q) (Cremer, Li & Duvenaud
   2018), q* being each point's optimal member of the guide's family;
-- :func:`evaluate_vae` and :func:`evaluate_run`: all of these as one row of a results
-  table, written as markdown and CSV.
+
+:mod:`ppl_vae.report` puts them together as one row of a results table.
 """
 
 import math
