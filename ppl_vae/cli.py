@@ -24,6 +24,9 @@ TRAIN_OVERRIDES = {
     "latent_dim": "model.latent_dim",
     "hidden": "model.hidden",
     "beta": "model.beta",
+    "conditional": "model.conditional",
+    "corruption": "model.corruption",
+    "corruption_level": "model.corruption_level",
     "objective": "train.objective",
     "num_particles": "train.num_particles",
     "jit": "train.jit",
@@ -32,6 +35,9 @@ TRAIN_OVERRIDES = {
     "lr": "train.lr",
     "seed": "train.seed",
     "device": "train.device",
+    "kl_schedule": "train.kl_schedule",
+    "kl_warmup_epochs": "train.kl_warmup_epochs",
+    "kl_cycle_epochs": "train.kl_cycle_epochs",
 }
 
 
@@ -62,8 +68,15 @@ def add_train_arguments(parser):
     parts.add_argument("--hidden", type=_int_list, metavar="W1,W2,...",
                        help="hidden widths of encoder and decoder; '' for linear nets")
     parts.add_argument("--beta", type=float, help="weight of the KL term (1 = the ELBO)")
+    parts.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=None,
+                       help="conditional VAE: encoder and decoder see the one-hot label")
+    parts.add_argument("--corruption", help="denoising: none, gaussian, salt-pepper or mask "
+                                            "noise on the guide's input while training")
+    parts.add_argument("--corruption-level", type=float,
+                       help="noise std (gaussian) or share of entries corrupted")
     train = parser.add_argument_group("training")
-    train.add_argument("--objective", help="elbo (Monte Carlo KL) or meanfield (analytic KL)")
+    train.add_argument("--objective", help="elbo (Monte Carlo KL), meanfield (analytic KL), "
+                                           "iwae, tcvae, factorvae, dipvae-i, dipvae-ii")
     train.add_argument("--num-particles", type=int)
     train.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
                        help="compile model and guide with torch.jit (elbo, meanfield)")
@@ -72,6 +85,11 @@ def add_train_arguments(parser):
     train.add_argument("--lr", type=float)
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="auto (default: CUDA if available), cpu or cuda")
+    train.add_argument("--kl-schedule", choices=["constant", "linear", "cyclical"],
+                       help="KL annealing: the weight of the KL term rises to --beta")
+    train.add_argument("--kl-warmup-epochs", type=float,
+                       help="epochs over which the KL weight rises (linear, cyclical)")
+    train.add_argument("--kl-cycle-epochs", type=float, help="length of a cyclical cycle")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 

@@ -22,6 +22,7 @@ DEFAULTS = {
         "download": False,
         "binarize": "dynamic",  # dynamic | static | none (Bernoulli likelihoods only)
         "test_fraction": 0.2,
+        "options": {},  # keyword options of a built-in loader: shapes' num_data, image_size
     },
     "model": {
         "latent_dim": 8,
@@ -31,14 +32,18 @@ DEFAULTS = {
         "encoder": "mlp",
         "decoder": "mlp",
         "hidden": [256, 256],
-        "beta": 1.0,
-        "conditional": False,
+        "beta": 1.0,  # weight of the KL term; the weight it rises to when annealed
+        "conditional": False,  # CVAE: encoder and decoder both see the one-hot label
+        # Denoising: noise on the guide's input in training: none | gaussian | salt-pepper | mask
+        "corruption": "none",
+        "corruption_level": 0.1,  # noise std (gaussian) or share of entries corrupted
         "prior_options": {},
         "guide_options": {},
         "likelihood_options": {},
     },
     "train": {
         "objective": "meanfield",
+        "objective_options": {},  # a penalized objective's weights, e.g. beta for tcvae
         "num_particles": 1,
         "jit": True,  # compile model and guide with torch.jit: the fast path
         "epochs": 200,
@@ -46,11 +51,15 @@ DEFAULTS = {
         "lr": 1e-3,
         "seed": 0,
         "device": "auto",
+        "kl_schedule": "constant",  # constant | linear (warm-up) | cyclical (Fu et al. 2019)
+        "kl_warmup_epochs": 10.0,  # epochs over which the KL weight rises to beta
+        "kl_cycle_epochs": 20.0,  # length of one cycle of the cyclical schedule
     },
 }
 
 CHOICES = {
     ("data", "binarize"): ("dynamic", "static", "none"),
+    ("train", "kl_schedule"): ("constant", "linear", "cyclical"),
 }
 
 # The model zoo: models/ at the top of the source tree.

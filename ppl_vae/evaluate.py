@@ -21,8 +21,10 @@ Beyond the ELBO:
 - :func:`inference_gaps`: log p(x) - ELBO(q) split into the approximation gap
   log p(x) - ELBO(q*) and the amortization gap ELBO(q*) - ELBO(q) (Cremer, Li & Duvenaud
   2018), q* being each point's optimal member of the guide's family;
-
-:mod:`ppl_vae.report` puts them together as one row of a results table.
+- :func:`kl_decomposition`: the KL term split into index-code mutual information, total
+  correlation and dimension-wise KL (Chen et al. 2018);
+- :func:`evaluate_vae` and :func:`evaluate_run`: all of these as one row of a results
+  table, written as markdown and CSV.
 """
 
 import math
@@ -34,6 +36,7 @@ from torch.distributions import kl_divergence
 from ppl_vae.errors import ConfigError
 from ppl_vae.guides import diagonal_normal
 from ppl_vae.local import fit_local
+from ppl_vae.objectives import kl_decomposition_terms
 from ppl_vae.priors import inverse_softplus
 
 # Samples x points per vectorized chunk of log p(x): bounds memory (about 40 MB of
@@ -178,6 +181,8 @@ def log_likelihood(vae, x, y=None, *, idx=None, num_samples=5000, proposal=None,
     vae : VAE
     x : Tensor, shape (N, D)
     y : LongTensor, shape (N,), optional
+        Labels of a conditional VAE: the estimate is then the conditional log p(x | y)
+        (z_k ~ q(z | x, y), scored by p(z) p(x | z, y)).
     idx : LongTensor, shape (N,), optional
         Training-set indices of the rows (the per-datapoint guide needs them).
     num_samples : int
@@ -289,3 +294,29 @@ def _batches(n, size):
 
 def _rows(t, rows):
     return None if t is None else t[rows]
+
+
+@torch.no_grad()
+def kl_decomposition(vae, x, y=None):
+    """The ELBO's KL term, averaged over the rows of ``x``, split into three parts (Chen
+    et al. 2018, "Isolating Sources of Disentanglement in VAEs"):
+
+        E_x KL(q(z | x) || p(z)) = I(x; z) + TC + sum_l KL(q(z_l) || p(z_l)),
+
+    the index-code mutual information, the total correlation and the dimension-wise KL of
+    the aggregate posterior q(z) = 1/N sum_n q(z | x_n) of the N rows, computed exactly over
+    all rows at one code z_n ~ q(z | x_n) per row (see
+    :func:`ppl_vae.objectives.kl_decomposition_terms`): the three add up exactly to ``kl``,
+    the Monte Carlo KL at the same codes. I is at most log N.
+
+    Needs a Gaussian guide and a prior with closed-form one-dimensional marginals (the
+    ``normal`` prior); raises ConfigError otherwise.
+
+    Returns
+    -------
+    dict of float
+        ``mi``, ``tc``, ``dwkl`` and their sum ``kl``, nats per example.
+    """
+    q = vae.encode(x, y)
+    terms = kl_decomposition_terms(q, q.sample(), vae.prior())
+    return {key: float(value.mean()) for key, value in terms.items()}

@@ -14,7 +14,11 @@ Every guide here is written as two steps, which evaluation reuses:
 Class attributes declare what a guide offers: ``amortized`` (an encoder q(z | x) that
 applies to any x, exposed as ``encode(inputs)``) and ``has_density`` (log q(z | x) is
 finite, so E_q[log p(x, z) - log q(z | x)] is a bound on log p(x); false for the delta
-guide); ``evaluation_note`` is what a results table must say about the guide's numbers.
+guide); ``evaluation_note`` is what a results table must say about the guide's numbers;
+``latent_support`` the space z lives in (see :mod:`ppl_vae.priors`).
+
+The corruptions at the end of the file act on the guide's input while training: the
+denoising VAE.
 """
 
 import pyro.distributions as dist
@@ -26,7 +30,7 @@ from torch.nn.functional import softplus
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.local import fit_local, refine_local
-from ppl_vae.priors import inverse_softplus
+from ppl_vae.priors import check_joint_sizes, inverse_softplus, joint_latent
 
 
 def diagonal_normal(local, min_scale=1e-4):
@@ -158,7 +162,7 @@ class FlowPosterior(dist.TransformedDistribution):
     Monte Carlo estimate from ``mean_samples`` draws.
     """
 
-    mean_samples = 1000
+    mean_samples = 256
 
     def log_prob(self, value):
         shape = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
@@ -332,6 +336,54 @@ class PerDatapointNormal(nn.Module):
         return self.family(self.local_params(inputs, idx))
 
 
+class AmortizedJoint(AmortizedGuide):
+    """JointVAE's guide (Dupont 2018): q(z, c | x) = N(z; mu(x), diag(sigma(x)^2)) x
+    RelaxedOneHotCategorical(c; tau, logits(x)), z continuous of size L - K, c a relaxed
+    one-hot vector of size K (:class:`ppl_vae.priors.JointLatent`).
+
+    The encoder outputs (mu, rho, logits). Both parts are reparameterized (the relaxed
+    categorical through Gumbel noise), so every objective applies; the KL term has no closed
+    form and is estimated by Monte Carlo. Goes with the ``joint`` prior, whose
+    ``num_categories`` and ``temperature`` must be the same (checked when the VAE is built).
+
+    Parameters
+    ----------
+    num_categories : int
+        K (the prior's default, 2).
+    temperature : float
+        tau of the relaxation.
+    min_scale : float
+        Lower bound on sigma.
+    """
+
+    latent_support = "real x simplex"
+
+    def __init__(self, dims, make_net, *, num_categories=2, temperature=0.67, min_scale=1e-4):
+        check_joint_sizes(dims, num_categories, temperature)
+        continuous = dims.latent_dim - num_categories
+        super().__init__(dims, make_net, 2 * continuous + num_categories)
+        self.num_categories = num_categories
+        self.continuous_dim = continuous
+        self.min_scale = min_scale
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def bind(self, vae):
+        """Check that the prior's discrete part is the guide's."""
+        prior = vae.prior
+        if getattr(prior, "num_categories", self.num_categories) != self.num_categories or (
+                float(getattr(prior, "temperature", self.temperature)) != float(self.temperature)):
+            raise ConfigError(
+                f"the joint guide has {self.num_categories} categories at temperature "
+                f"{float(self.temperature):g} but the prior {prior.num_categories} at "
+                f"{float(prior.temperature):g}; give both the same prior_options and "
+                "guide_options")
+
+    def family(self, local):
+        loc, rho, logits = local.split([self.continuous_dim, self.continuous_dim,
+                                        self.num_categories], dim=-1)
+        return joint_latent(loc, softplus(rho) + self.min_scale, self.temperature, logits)
+
+
 class DeltaGuide(AmortizedGuide):
     """q(z | x) = delta(z - f(x)): a deterministic autoencoder, the MAP limit of the VAE.
 
@@ -362,3 +414,66 @@ def _split_inputs(vae, inputs):
         return inputs, None
     return inputs[..., :-num_classes], inputs[..., -num_classes:].argmax(-1)
 
+
+
+class Corruption(nn.Module):
+    """Noise on the guide's input while training (``self.training``); the identity otherwise.
+
+    A denoising VAE (Vincent et al. 2008 for autoencoders; Im et al. 2017) encodes a
+    corrupted x~ and is scored on reconstructing the clean x: the model's likelihood always
+    sees the clean data, only the encoder's input changes. Evaluation (the module in eval
+    mode) encodes clean data. Subclasses override ``corrupt``.
+
+    Parameters
+    ----------
+    level : float
+        The noise's strength: a standard deviation, or the share of entries corrupted.
+    """
+
+    max_level = 1.0
+
+    def __init__(self, *, level=0.1):
+        super().__init__()
+        if not 0 <= level <= self.max_level:
+            raise ConfigError(f"corruption_level must be in [0, {self.max_level:g}] for "
+                              f"{type(self).__name__}; got {level}")
+        self.level = float(level)
+
+    def corrupt(self, x):
+        raise NotImplementedError
+
+    def forward(self, x):
+        return self.corrupt(x) if self.training else x
+
+
+class NoCorruption(Corruption):
+    """The input as it is: the plain VAE."""
+
+    max_level = float("inf")
+
+    def forward(self, x):
+        return x
+
+
+class GaussianCorruption(Corruption):
+    """x + level * eps, eps ~ N(0, I) (additive isotropic Gaussian noise)."""
+
+    max_level = float("inf")
+
+    def corrupt(self, x):
+        return x + self.level * torch.randn_like(x)
+
+
+class SaltAndPepperCorruption(Corruption):
+    """A share ``level`` of the entries, chosen at random, set to 0 or 1 with equal odds."""
+
+    def corrupt(self, x):
+        hit = torch.rand_like(x) < self.level
+        return torch.where(hit, (torch.rand_like(x) < 0.5).to(x.dtype), x)
+
+
+class MaskCorruption(Corruption):
+    """A share ``level`` of the entries, chosen at random, set to 0 (masking noise)."""
+
+    def corrupt(self, x):
+        return x * (torch.rand_like(x) >= self.level).to(x.dtype)

@@ -44,6 +44,34 @@ def prior_samples(vae, image_shape, *, num=50, y=None):
                       title="means of p(x | z), z ~ p(z)")
 
 
+def class_samples(vae, image_shape, *, num_per_class=10, class_names=None, ax=None):
+    """A conditional VAE's samples, one row per class y: the means of p(x | z, y).
+
+    Column k decodes the same prior draw z_k in every row, so a column shows one "style"
+    across the classes and a row the spread within one.
+    """
+    num_classes = vae.dims.num_classes
+    if not num_classes:
+        raise ValueError("class_samples needs a conditional VAE (num_classes > 0)")
+    with torch.no_grad():
+        z = vae.prior().sample((num_per_class,))
+        z = z.repeat(num_classes, 1)
+        y = torch.arange(num_classes, device=z.device).repeat_interleave(num_per_class)
+        images = vae.decode(z, y).mean
+    fig = image_grid(images, image_shape, ncols=num_per_class, ax=ax,
+                     title="means of p(x | z, y), z ~ p(z): one row per class y")
+    ax = fig.axes[0] if ax is None else ax
+    h = image_shape[0]
+    names = class_names or [str(c) for c in range(num_classes)]
+    ax.set_axis_on()
+    ax.set_xticks([])
+    ax.set_yticks([c * (h + 1) + (h - 1) / 2 for c in range(num_classes)], names)
+    ax.tick_params(length=0)
+    for spine in ax.spines.values():
+        spine.set_visible(False)
+    return fig
+
+
 def latent_space(vae, x, labels=None, *, y=None, ax=None):
     """Posterior means E_q[z | x], coloured by label; projected on 2 principal axes if L > 2."""
     with torch.no_grad():
@@ -92,8 +120,8 @@ def save_run_figures(vae, data, metrics, run_dir):
     if data.image_shape is not None:
         figures["reconstructions.png"] = reconstructions(vae, data.x_test, data.image_shape,
                                                          y=y_test)
-        if not vae.conditional:
-            figures["samples.png"] = prior_samples(vae, data.image_shape)
+        figures["samples.png"] = (class_samples(vae, data.image_shape) if vae.conditional
+                                  else prior_samples(vae, data.image_shape))
     paths = []
     for name, fig in figures.items():
         path = run_dir / name

@@ -141,6 +141,7 @@ class VampPrior(nn.Module):
     """
 
     needs_encoder_density = True
+    latent_support = None  # the guide's: its components are the guide's posteriors
 
     def __init__(self, dims, *, num_pseudo_inputs=50, init_std=0.1):
         super().__init__()
@@ -193,3 +194,122 @@ class VampPrior(nn.Module):
         k = components.batch_shape[-1]
         return diagonal_mixture(torch.zeros(k, device=self.raw_pseudo_inputs.device),
                                 components)
+
+
+def relaxed_one_hot_log_prob(relaxed, value):
+    """``relaxed.log_prob(value)`` for a relaxed one-hot categorical, finite at the vertices.
+
+    Torch scores a point of the simplex through its logarithm, which is -inf where a
+    float32 draw has underflowed to 0; the logarithm is floored at the smallest normal
+    float instead, which changes nothing elsewhere.
+    """
+    log_value = value.clamp(min=torch.finfo(value.dtype).tiny).log()
+    return relaxed.base_dist.log_prob(log_value) - log_value.sum(-1)
+
+
+class JointLatent(dist.TorchDistribution):
+    """Independent continuous and relaxed discrete latents as one vector z = (z_c, c).
+
+    The first ``L - K`` coordinates follow a diagonal normal, the last ``K`` a relaxed
+    one-hot categorical (Gumbel-softmax / Concrete: Jang et al. 2017, Maddison et al. 2017),
+    a point of the simplex that tends to a one-hot vector as the temperature goes to 0:
+    the latent of JointVAE (Dupont 2018). One sample site carries both, so the VAE, its
+    guide and every objective treat it like any other z; ``log_prob`` is the sum of the
+    two parts' densities, and no closed-form KL exists (objectives use Monte Carlo).
+
+    ``mean`` is the normal's mean followed by the categorical's probabilities (the limit
+    of the relaxed mean as the temperature goes to 0): a point summary for figures.
+
+    Parameters
+    ----------
+    continuous : Independent(Normal)
+        Event shape (L - K,).
+    discrete : RelaxedOneHotCategorical
+        Event shape (K,).
+    """
+
+    arg_constraints = {}
+    support = dist.constraints.real_vector  # a product of R^(L-K) and the simplex, in fact
+    has_rsample = True
+
+    def __init__(self, continuous, discrete, validate_args=None):
+        batch_shape = torch.broadcast_shapes(continuous.batch_shape, discrete.batch_shape)
+        self.continuous = continuous.expand(batch_shape)
+        self.discrete = discrete.expand(batch_shape)
+        event_shape = (continuous.event_shape[0] + discrete.event_shape[0],)
+        super().__init__(batch_shape, torch.Size(event_shape), validate_args=False)
+
+    @property
+    def num_categories(self):
+        return self.discrete.event_shape[0]
+
+    def expand(self, batch_shape, _instance=None):
+        return JointLatent(self.continuous.expand(batch_shape), self.discrete.expand(batch_shape))
+
+    def rsample(self, sample_shape=()):
+        return torch.cat([self.continuous.rsample(sample_shape),
+                          self.discrete.rsample(sample_shape)], dim=-1)
+
+    def sample(self, sample_shape=()):
+        with torch.no_grad():
+            return self.rsample(sample_shape)
+
+    def log_prob(self, value):
+        continuous, discrete = value.split([value.shape[-1] - self.num_categories,
+                                            self.num_categories], dim=-1)
+        return (self.continuous.log_prob(continuous)
+                + relaxed_one_hot_log_prob(self.discrete, discrete))
+
+    @property
+    def mean(self):
+        return torch.cat([self.continuous.mean, self.discrete.probs], dim=-1)
+
+
+def joint_latent(loc, scale, temperature, logits):
+    """The :class:`JointLatent` N(loc, diag(scale^2)) x RelaxedOneHotCategorical(temperature,
+    logits)."""
+    return JointLatent(dist.Normal(loc, scale).to_event(1),
+                       dist.RelaxedOneHotCategorical(temperature, logits=logits))
+
+
+def check_joint_sizes(dims, num_categories, temperature):
+    """Raise ConfigError unless K categories leave a continuous part and tau > 0."""
+    if not 2 <= num_categories < dims.latent_dim:
+        raise ConfigError(f"num_categories must be at least 2 and less than latent_dim "
+                          f"({dims.latent_dim}), which counts both parts; got {num_categories}")
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0; got {temperature}")
+
+
+class JointPrior(nn.Module):
+    """JointVAE's prior (Dupont 2018): p(z, c) = N(z; 0, I) x RelaxedOneHotCategorical(c; tau,
+    uniform), z of size ``latent_dim - num_categories``, c of size ``num_categories``.
+
+    It goes with the ``joint`` guide (see :func:`ppl_vae.registry.incompatibility`); the
+    decoder reads the concatenation (z, c).
+
+    Parameters
+    ----------
+    dims : Dims
+        ``dims.latent_dim`` is the size of both parts together.
+    num_categories : int
+        K, the size of the discrete part (2 by default, which fits any latent_dim >= 3;
+        Dupont uses 3 on dSprites, 10 on MNIST).
+    temperature : float
+        tau of the relaxation (0.67, as in Dupont 2018 and Maddison et al. 2017).
+    """
+
+    latent_support = "real x simplex"
+
+    def __init__(self, dims, *, num_categories=2, temperature=0.67):
+        super().__init__()
+        check_joint_sizes(dims, num_categories, temperature)
+        continuous = dims.latent_dim - num_categories
+        self.num_categories = num_categories
+        self.register_buffer("loc", torch.zeros(continuous))
+        self.register_buffer("scale", torch.ones(continuous))
+        self.register_buffer("logits", torch.zeros(num_categories))
+        self.register_buffer("temperature", torch.tensor(float(temperature)))
+
+    def forward(self):
+        return joint_latent(self.loc, self.scale, self.temperature, self.logits)

@@ -8,12 +8,13 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from ppl_vae import guides, likelihoods, nets, priors
 from ppl_vae.errors import ConfigError
-from ppl_vae.objectives import IWAE
+from ppl_vae.objectives import DIPVAE, DIPVAEII, IWAE, FactorVAE, TotalCorrelation
 
 PRIORS = {
     "normal": priors.StandardNormal,
     "mog": priors.MixtureOfGaussians,
     "vamp": priors.VampPrior,
+    "joint": priors.JointPrior,  # JointVAE: normal x relaxed one-hot categorical
 }
 
 GUIDES = {
@@ -24,6 +25,7 @@ GUIDES = {
     "semi-amortized": guides.SemiAmortizedNormal,
     "per-datapoint": guides.PerDatapointNormal,
     "delta": guides.DeltaGuide,
+    "joint": guides.AmortizedJoint,  # JointVAE: normal x relaxed one-hot categorical
 }
 
 LIKELIHOODS = {
@@ -44,10 +46,22 @@ DECODERS = {
     "conv": nets.ConvDecoder,
 }
 
+CORRUPTIONS = {  # of the guide's input while training: the denoising VAE
+    "none": guides.NoCorruption,
+    "gaussian": guides.GaussianCorruption,
+    "salt-pepper": guides.SaltAndPepperCorruption,
+    "mask": guides.MaskCorruption,
+}
+
 OBJECTIVES = {
     "elbo": Trace_ELBO,  # Monte Carlo estimate of the whole ELBO, KL term included
     "meanfield": TraceMeanField_ELBO,  # analytic KL wherever torch knows it
     "iwae": IWAE,  # importance-weighted bound, K = num_particles (RenyiELBO, alpha = 0)
+    # The ELBO minus a penalty (objective_options: weights, and elbo = "meanfield" | "elbo")
+    "tcvae": TotalCorrelation,  # beta-TCVAE: (beta - 1) x total correlation, MSS estimate
+    "factorvae": FactorVAE,  # gamma x TC estimated by a discriminator trained alongside
+    "dipvae-i": DIPVAE,  # Cov[mu(x)] towards I
+    "dipvae-ii": DIPVAEII,  # Cov[z] of the aggregate posterior towards I
 }
 
 TABLES = {
@@ -57,6 +71,7 @@ TABLES = {
     "encoder": ENCODERS,
     "decoder": DECODERS,
     "objective": OBJECTIVES,
+    "corruption": CORRUPTIONS,
 }
 
 
@@ -79,13 +94,20 @@ def lookup(kind, name):
 def incompatibility(prior, guide, likelihood):
     """Why the named parts cannot form a VAE, or None if they can.
 
-    One rule: a prior built from the guide's encoder (``needs_encoder_density``, the
+    Two rules. A prior built from the guide's encoder (``needs_encoder_density``, the
     VampPrior) needs a guide that has an encoder and a density (``amortized`` and
-    ``has_density``): not the per-datapoint table, not the delta guide. Every likelihood
-    goes with every prior and guide.
+    ``has_density``): not the per-datapoint table, not the delta guide. A prior and a guide
+    must put z in the same space (``latent_support``, "real" unless a part says otherwise;
+    None for a prior that takes the guide's). Every likelihood goes with every prior and
+    guide.
     """
     prior_cls, guide_cls = lookup("prior", prior), lookup("guide", guide)
     lookup("likelihood", likelihood)
+    prior_support = getattr(prior_cls, "latent_support", "real")
+    guide_support = getattr(guide_cls, "latent_support", "real")
+    if prior_support is not None and prior_support != guide_support:
+        return (f"the {prior!r} prior is a distribution on {prior_support} but the {guide!r} "
+                f"guide's q(z | x) is on {guide_support}")
     if getattr(prior_cls, "needs_encoder_density", False) and not (
             guide_cls.amortized and guide_cls.has_density):
         return (f"the {prior!r} prior is a mixture of the guide's encoder posteriors; the "

@@ -31,14 +31,17 @@ from tqdm.auto import tqdm
 from ppl_vae import distributed
 from ppl_vae.checkpoint import load_checkpoint, save_checkpoint
 from ppl_vae.config import dump_toml, load_config
-from ppl_vae.data import binarize, check_data, load_dataset
+from ppl_vae.data import DATASETS, binarize, check_data, load_dataset
 from ppl_vae.device import resolve_device
 from ppl_vae.errors import CheckpointError, ConfigError, TrainingDiverged
 from ppl_vae.evaluate import evaluate_elbo
-from ppl_vae.objectives import make_objective
+from ppl_vae.objectives import KLSchedule, auxiliary, make_objective
 from ppl_vae.registry import lookup
 from ppl_vae.vae import Dims, build_vae
 
+# The columns of metrics.csv. train_elbo is minus the training loss per example: the ELBO
+# itself at beta = 1 without a penalty. An annealed run adds "beta" (the KL weight of the
+# epoch's last step), and a penalized objective the terms it reports, before "seconds".
 METRICS = ("epoch", "step", "train_elbo", "test_elbo", "test_recon", "test_kl", "seconds")
 CHECKPOINT = "checkpoint.pt"
 # Settings that may differ between a run and its resumption.
@@ -69,10 +72,7 @@ class Trainer:
         data_cfg, model_cfg, train_cfg = config["data"], config["model"], config["train"]
         self.device = distributed.init_from_environment(resolve_device(train_cfg["device"]))
 
-        self.data = load_dataset(data_cfg["dataset"], data_dir=data_cfg["data_dir"],
-                                 download=data_cfg["download"],
-                                 test_fraction=data_cfg["test_fraction"],
-                                 seed=train_cfg["seed"])
+        self.data = _load_data(data_cfg, seed=train_cfg["seed"])
         support = lookup("likelihood", model_cfg["likelihood"]).support
         for x, split in ((self.data.x_train, "training"), (self.data.x_test, "test")):
             check_data(x, support=support, name=f"{self.data.name} {split} data")
@@ -92,7 +92,20 @@ class Trainer:
         self.vae.to(self.device)
         self.objective = make_objective(train_cfg["objective"],
                                         num_particles=train_cfg["num_particles"],
-                                        jit=train_cfg["jit"])
+                                        jit=train_cfg["jit"],
+                                        options=train_cfg["objective_options"], dims=self.dims)
+        # What a penalized objective trains or reports besides the VAE (FactorVAE's
+        # discriminator, the total-correlation terms); nothing for a plain ELBO.
+        self.auxiliary = auxiliary(self.objective).to(self.device)
+        self.auxiliary.check(self.vae, self.data.x_test.to(self.device),
+                             None if not self.vae.conditional else self.data.y_test.to(self.device))
+        steps_per_epoch = -(-self.data.x_train.shape[0] // train_cfg["batch_size"])
+        self.schedule = KLSchedule(train_cfg["kl_schedule"], beta=model_cfg["beta"],
+                                   steps_per_epoch=steps_per_epoch,
+                                   warmup_epochs=train_cfg["kl_warmup_epochs"],
+                                   cycle_epochs=train_cfg["kl_cycle_epochs"])
+        self.metric_names = (*METRICS[:-1], *(("beta",) if self.schedule.annealed else ()),
+                             *self.auxiliary.extra_metrics, METRICS[-1])
         self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=train_cfg["lr"])
         self.loss = _Objective(self.vae, self.objective)
         if distributed.is_distributed():
@@ -155,6 +168,8 @@ class Trainer:
             first = str(err).strip().splitlines()[0]
             raise CheckpointError(f"the checkpoint in {self.run_dir} does not fit the model "
                                   f"of its config.toml: {first}") from None
+        if "objective" in state:
+            self.auxiliary.load_checkpoint_state(state["objective"])
         self.epoch, self.step = state["epoch"], state["step"]
         self.metrics = list(state["metrics"])
 
@@ -183,7 +198,12 @@ class Trainer:
                 test = self.evaluate()
                 row = {"epoch": self.epoch, "step": self.step, "train_elbo": train_elbo,
                        "test_elbo": test["elbo"], "test_recon": test["recon"],
-                       "test_kl": test["kl"], "seconds": time.perf_counter() - start}
+                       "test_kl": test["kl"]}
+                if self.schedule.annealed:
+                    row["beta"] = self.schedule(self.step - 1)
+                if main:  # the extra terms are not sums over shards: rank 0 scores all
+                    row.update(self._evaluate_extra())
+                row["seconds"] = time.perf_counter() - start
                 self.metrics.append(row)
                 bar.set_postfix(epoch=self.epoch, train_elbo=f"{train_elbo:.2f}",
                                 test_elbo=f"{test['elbo']:.2f}")
@@ -210,13 +230,15 @@ class Trainer:
             # This process's share of a global batch of that size; any indices will do.
             idx = distributed.shard(torch.arange(size, device=self.device))
             y = None if self.y_train is None else self.y_train[idx]
+            # An annealed KL weight is an input of the graph, so it is never frozen in it.
+            beta = self.schedule.betas(0, 1, self.device)[0] if self.schedule.annealed else None
             try:
                 with warnings.catch_warnings():
                     # Pyro's JIT objectives are built on torch.jit.trace, which torch 2.13
                     # deprecates in favour of torch.compile (which cannot trace Pyro yet).
                     warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated",
                                             DeprecationWarning)
-                    loss(self.x_train[idx], y, idx)
+                    loss(self.x_train[idx], y, idx, beta)
             except RuntimeError as err:  # torch.jit's way of refusing a part
                 first = str(err).strip().splitlines()[0]
                 raise ConfigError(f"this model cannot be JIT-compiled ({first}); train it "
@@ -236,6 +258,16 @@ class Trainer:
         sums = distributed.all_reduce_sum(sums) / self.x_test.shape[0]
         return dict(zip(keys, sums.tolist(), strict=True))
 
+    def _evaluate_extra(self):
+        """The objective's own per-epoch terms on the whole test set (none for an ELBO)."""
+        if not self.auxiliary.extra_metrics:
+            return {}
+        self.vae.eval()
+        try:
+            return self.auxiliary.evaluate_terms(self.vae, self.x_test, self.y_test)
+        finally:
+            self.vae.train()
+
     def train_epoch(self, bar=None, sync_every=25):
         """One pass over the shuffled training set. Returns the mean train ELBO per example.
 
@@ -245,6 +277,8 @@ class Trainer:
         batch_size = self.config["train"]["batch_size"]
         n = self.x_train.shape[0]
         order = self._seed_epoch(n)
+        betas = (self.schedule.betas(self.step, -(-n // batch_size), self.device)
+                 if self.schedule.annealed else None)
         total = torch.zeros((), device=self.device)
         first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
         num_batches = reported = 0
@@ -254,8 +288,9 @@ class Trainer:
             if self.dynamic_binarize:
                 x = torch.bernoulli(x)
             y = None if self.y_train is None else self.y_train[idx]
+            beta = None if betas is None else betas[num_batches - 1]
             try:
-                loss = self.loss(x, y, idx)
+                loss = self.loss(x, y, idx, beta)
             except ValueError:
                 # Distribution arguments that validation rejects (NaN locs, say) follow a
                 # NaN loss at an earlier step that has not been synced yet: report that one.
@@ -264,6 +299,7 @@ class Trainer:
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
+            self.auxiliary.after_step(self.vae, x, y, idx)
             self.step += 1
             loss = loss.detach()
             total += loss
@@ -307,7 +343,7 @@ class Trainer:
     def save(self):
         """Write ``metrics.csv`` and the checkpoint (atomically)."""
         with open(self.run_dir / "metrics.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=METRICS)
+            writer = csv.DictWriter(f, fieldnames=self.metric_names)
             writer.writeheader()
             writer.writerows(self.metrics)
         save_checkpoint(self.run_dir / CHECKPOINT, {
@@ -317,16 +353,18 @@ class Trainer:
             "config": dump_toml(self.config),
             "model": self.vae.state_dict(),
             "optimizer": self.optimizer.state_dict(),
+            "objective": self.auxiliary.checkpoint_state(),
             "metrics": self.metrics,
         })
 
 
 class _Objective(nn.Module):
-    """The minibatch loss -ELBO as a module, so DistributedDataParallel can wrap it.
+    """The minibatch loss as a module, so DistributedDataParallel can wrap it.
 
-    Only tensors reach the objective as positional arguments (no ``y=None``), and the batch
-    size goes as a keyword, so that a JIT-compiled objective traces one graph per batch
-    size: the last, smaller batch of an epoch gets its own.
+    Only tensors reach the objective as positional arguments (no ``y=None``): x, then y
+    and beta where given, then idx; their names and the batch size go as keywords, so that
+    a JIT-compiled objective traces one graph per batch size (the last, smaller batch of an
+    epoch gets its own) and takes the annealed KL weight ``beta`` as an input.
     """
 
     def __init__(self, vae, objective):
@@ -336,21 +374,35 @@ class _Objective(nn.Module):
         # Bound once: a JIT objective keys its compiled graphs on id(model) and id(guide).
         self.model, self.guide = self._model, self._guide
 
-    def forward(self, x, y, idx):
-        args = (x, idx) if y is None else (x, y, idx)
-        return self.objective.differentiable_loss(self.model, self.guide, *args,
-                                                  batch_size=x.shape[0])
+    def forward(self, x, y, idx, beta=None):
+        given = {"x": x, "y": y, "idx": idx, "beta": beta}
+        names = tuple(name for name, value in given.items() if value is not None)
+        return self.objective.differentiable_loss(self.model, self.guide,
+                                                  *(given[name] for name in names),
+                                                  batch_size=x.shape[0], names=names)
 
-    def _model(self, *args, batch_size):
-        return self.vae.model(*_unpack(args))
+    def _model(self, *args, batch_size, names):
+        return self.vae.model(**dict(zip(names, args, strict=True)))
 
-    def _guide(self, *args, batch_size):
-        return self.vae.guide(*_unpack(args))
+    def _guide(self, *args, batch_size, names):
+        return self.vae.guide(**dict(zip(names, args, strict=True)))
 
 
-def _unpack(args):
-    """(x, idx) or (x, y, idx) as (x, y, idx)."""
-    return (args[0], None, args[1]) if len(args) == 2 else args
+def _load_data(data_cfg, *, seed):
+    """The data set of ``[data]``; ``data.options`` go to a built-in data set's loader
+    (``num_data`` and ``image_size`` of ``shapes``)."""
+    common = {"data_dir": data_cfg["data_dir"], "download": data_cfg["download"],
+              "test_fraction": data_cfg["test_fraction"], "seed": seed}
+    options, name = data_cfg["options"], str(data_cfg["dataset"])
+    if not options:
+        return load_dataset(name, **common)
+    if name.lower() not in DATASETS:
+        raise ConfigError(f"data.options apply to the built-in data sets "
+                          f"({', '.join(DATASETS)}); {name!r} takes none")
+    try:
+        return DATASETS[name.lower()](**common, **options)
+    except TypeError as err:
+        raise ConfigError(f"bad data.options for {name!r}: {err}") from None
 
 
 def _as_tuple(value):

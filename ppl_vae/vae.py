@@ -73,9 +73,15 @@ class VAE(nn.Module):
     beta : float
         Weight of the latent sites: 1 gives the ELBO; beta != 1 the beta-VAE objective
         E_q[log p(x|z)] - beta KL (Higgins et al. 2017), applied with ``poutine.scale``.
+        A call of :meth:`model` and :meth:`guide` may override it (KL annealing).
+    corruption : nn.Module, optional
+        Applied to the guide's input x while training (``self.training``), never to the
+        data the model scores: the denoising VAE (Im et al. 2017), see
+        ``ppl_vae.guides.Corruption``. None leaves the input as it is.
     """
 
-    def __init__(self, dims, prior, posterior, likelihood, decoder, *, beta=1.0):
+    def __init__(self, dims, prior, posterior, likelihood, decoder, *, beta=1.0,
+                 corruption=None):
         super().__init__()
         self.dims = dims
         self.prior = prior
@@ -83,6 +89,7 @@ class VAE(nn.Module):
         self.likelihood = likelihood
         self.decoder = decoder
         self.beta = beta
+        self.corruption = corruption if corruption is not None else nn.Identity()
         # Pyro's param store is global: two VAEs under one name would share (and silently
         # train) the first one's tensors under SVI. Each instance gets its own name.
         self.name = f"vae{next(_instances)}"
@@ -96,7 +103,7 @@ class VAE(nn.Module):
     def conditional(self):
         return self.dims.num_classes > 0
 
-    def model(self, x, y=None, idx=None):
+    def model(self, x, y=None, idx=None, beta=None):
         """p(z) p(x | z) (times p(y) = const for a conditional VAE).
 
         Parameters
@@ -109,21 +116,30 @@ class VAE(nn.Module):
             The minibatch's indices in the training set. With them the data plate has
             size N and scales the minibatch's log densities by N / B, so the objective
             estimates the full-data ELBO; without them the plate is the batch itself.
+        beta : float or 0-d Tensor, optional
+            The weight of the latent sites for this call, in place of ``self.beta``: the
+            trainer's KL annealing passes the step's weight, as a tensor so that a
+            JIT-compiled objective takes it as an input instead of freezing it.
         """
         pyro.module(self.name, self)
         with self._data_plate(x, idx):
-            with poutine.scale(scale=self.beta):
+            with poutine.scale(scale=self.beta if beta is None else beta):
                 z = pyro.sample("z", self.prior().expand(x.shape[:-1]))
             out = self.decoder(self._condition(z, y))
             pyro.sample("x", self.likelihood(out), obs=x)
         return out
 
-    def guide(self, x, y=None, idx=None):
-        """q(z | x) (q(z | x, y) for a conditional VAE); arguments as for :meth:`model`."""
+    def guide(self, x, y=None, idx=None, beta=None):
+        """q(z | x) (q(z | x, y) for a conditional VAE); arguments as for :meth:`model`.
+
+        While training, the encoder sees ``self.corruption(x)`` (the identity unless the
+        VAE is a denoising one); the model always scores the clean x.
+        """
         pyro.module(self.name, self)
         with self._data_plate(x, idx):
-            with poutine.scale(scale=self.beta):
-                z = pyro.sample("z", self.posterior(self._condition(x, y), idx))
+            with poutine.scale(scale=self.beta if beta is None else beta):
+                inputs = self._condition(self.corruption(x), y)
+                z = pyro.sample("z", self.posterior(inputs, idx))
         return z
 
     def forward(self, x, z, y=None):
@@ -172,6 +188,7 @@ class VAE(nn.Module):
 
 def build_vae(dims, *, prior="normal", guide="diagonal", likelihood="bernoulli",
               encoder="mlp", decoder="mlp", hidden=(256, 256), beta=1.0,
+              corruption="none", corruption_level=0.1,
               prior_options=None, guide_options=None, likelihood_options=None):
     """Build a :class:`VAE` from registered part names.
 
@@ -185,6 +202,11 @@ def build_vae(dims, *, prior="normal", guide="diagonal", likelihood="bernoulli",
         Hidden widths of the encoder and decoder nets; ``()`` makes them linear.
     beta : float
         KL weight (see :class:`VAE`).
+    corruption : str
+        Registered corruption of the guide's input while training (``"none"``,
+        ``"gaussian"``, ``"salt-pepper"``, ``"mask"``): the denoising VAE.
+    corruption_level : float
+        Its strength (noise standard deviation, or the share of pixels corrupted).
     prior_options, guide_options, likelihood_options : dict, optional
         Keyword options passed to the part's constructor.
     """
@@ -192,6 +214,8 @@ def build_vae(dims, *, prior="normal", guide="diagonal", likelihood="bernoulli",
     reason = incompatibility(prior, guide, likelihood)
     if reason:
         raise ConfigError(reason)
+    if beta <= 0:
+        raise ConfigError(f"beta must be > 0; got {beta}")
 
     def net_factory(kind, name):
         cls = lookup(kind, name)
@@ -208,6 +232,7 @@ def build_vae(dims, *, prior="normal", guide="diagonal", likelihood="bernoulli",
         likelihood=likelihood_part,
         decoder=make_decoder(dims.latent_dim + dims.cond_dim, likelihood_part.num_outputs),
         beta=beta,
+        corruption=_make("corruption", corruption, options={"level": corruption_level}),
     )
 
 
