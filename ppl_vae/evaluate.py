@@ -23,8 +23,8 @@ Beyond the ELBO:
   2018), q* being each point's optimal member of the guide's family;
 - :func:`kl_decomposition`: the KL term split into index-code mutual information, total
   correlation and dimension-wise KL (Chen et al. 2018);
-- :func:`evaluate_vae` and :func:`evaluate_run`: all of these as one row of a results
-  table, written as markdown and CSV.
+
+:mod:`ppl_vae.report` puts them together as one row of a results table.
 """
 
 import math

@@ -162,7 +162,7 @@ class FlowPosterior(dist.TransformedDistribution):
     Monte Carlo estimate from ``mean_samples`` draws.
     """
 
-    mean_samples = 256
+    mean_samples = 1000
 
     def log_prob(self, value):
         shape = torch.broadcast_shapes(value.shape[:-1], self.batch_shape)
