@@ -355,6 +355,8 @@ def kl_decomposition_terms(q, z, prior, *, chunk=256):
     computed exactly (``chunk`` codes at a time), and p factorised. Their means over codes
     z_i ~ q(z | x_i) estimate I(x; z), TC and sum_l KL(q(z_l) || p(z_l)), and add up exactly
     to the mean of ``kl`` = log q(z | x) - log p(z), the KL term's Monte Carlo estimate.
+    With the aggregate exact, the only error is Monte Carlo noise (no bias from q(z)'s
+    estimate, as minibatch estimates have); means near 0 can come out slightly negative.
 
     Parameters
     ----------

@@ -97,8 +97,8 @@ class Trainer:
         # What a penalized objective trains or reports besides the VAE (FactorVAE's
         # discriminator, the total-correlation terms); nothing for a plain ELBO.
         self.auxiliary = auxiliary(self.objective).to(self.device)
-        self.auxiliary.check(self.vae, self.data.x_test.to(self.device),
-                             None if not self.vae.conditional else self.data.y_test.to(self.device))
+        y_check = self.data.y_test.to(self.device) if self.vae.conditional else None
+        self.auxiliary.check(self.vae, self.data.x_test.to(self.device), y_check)
         steps_per_epoch = -(-self.data.x_train.shape[0] // train_cfg["batch_size"])
         self.schedule = KLSchedule(train_cfg["kl_schedule"], beta=model_cfg["beta"],
                                    steps_per_epoch=steps_per_epoch,

@@ -4,6 +4,8 @@ and JointVAE's latents, checked against hand computations and the plain VAE."""
 
 import csv
 import math
+import runpy
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -26,6 +28,7 @@ from ppl_vae.vae import Dims, build_vae
 pytestmark = pytest.mark.filterwarnings(
     "ignore:`torch.jit.trace` is deprecated:DeprecationWarning")
 
+ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"model.hidden": [32], "model.latent_dim": 3, "train.batch_size": 256}
 
 
@@ -283,3 +286,22 @@ def test_joint_parts_go_together_and_agree():
         build_vae(dims, prior="joint", guide="joint", guide_options={"num_categories": 3})
     vae = build_vae(dims, prior="vamp", guide="joint", hidden=(8,))  # the guide's own family
     assert vae.sample(3).shape == (3, 16)
+
+
+# ---------------------------------------------------------------- the comparison script
+
+
+def test_disentangle_script_writes_the_table_and_traversals(tmp_path):
+    script = runpy.run_path(str(ROOT / "scripts" / "disentangle.py"), run_name="disentangle")
+    out = tmp_path / "out"
+    assert script["main"](["--quick", "--variants", "shapes_vae", "beta_tcvae",
+                           "--out", str(out)]) == 0
+    with open(out / "disentangle.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [row["variant"] for row in rows] == ["shapes_vae", "beta_tcvae"]
+    for row in rows:
+        assert 0 <= float(row["mig"]) <= 1 and 0 <= float(row["factor_vae_score"]) <= 1
+        assert math.isfinite(float(row["test_elbo"])) and math.isfinite(float(row["tc"]))
+    table = (out / "disentangle.md").read_text()
+    assert "| MIG |" in table and "Budget: 600 shapes" in table
+    assert (out / "beta_tcvae" / "traversals.png").is_file()
