@@ -46,7 +46,7 @@ MAX_ROWS = 2**15
 DELTA_PROPOSAL_SCALE = 0.1
 
 
-def elbo_terms(vae, x, y=None):
+def elbo_terms(vae, x, y=None, idx=None):
     """Per-example ELBO terms for a batch, one sample of z per example.
 
     Parameters
@@ -54,6 +54,8 @@ def elbo_terms(vae, x, y=None):
     vae : VAE
     x : Tensor, shape (B, D)
     y : LongTensor, shape (B,), optional (conditional VAEs)
+    idx : LongTensor, shape (B,), optional
+        Training-set indices of the rows, for guides that keep per-datapoint parameters.
 
     Returns
     -------
@@ -61,8 +63,9 @@ def elbo_terms(vae, x, y=None):
         ``recon`` = log p(x | z), ``kl`` = KL(q(z|x) || p(z)) (or its one-sample estimate),
         ``elbo`` = recon - kl. Nats; higher ELBO is better.
     """
-    guide_trace = poutine.trace(vae.guide).get_trace(x, y)
-    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(x, y)
+    guide_trace = poutine.trace(vae.guide).get_trace(x, y, idx)
+    model_trace = poutine.trace(poutine.replay(vae.model, trace=guide_trace)).get_trace(
+        x, y, idx)
     q = guide_trace.nodes["z"]["fn"]
     p = model_trace.nodes["z"]["fn"]
     z = guide_trace.nodes["z"]["value"]
