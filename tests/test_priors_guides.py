@@ -45,10 +45,19 @@ def sharpen(vae, factor=4.0):
     return vae
 
 
+def objective_for(vae, name, num_particles):
+    """The objective ``name`` as the trainer builds it, with the model's Dims for the
+    objectives that take them."""
+    try:
+        return make_objective(name, num_particles=num_particles, dims=vae.dims)
+    except TypeError:  # a make_objective from before objectives took the Dims
+        return make_objective(name, num_particles=num_particles)
+
+
 def train(vae, x, objective="meanfield", *, steps=3, batch_size=10, lr=1e-2, num_particles=1):
     """A few steps of the trainer's loop: Pyro's differentiable loss, torch Adam, minibatches
     identified by their training-set indices. Returns the losses."""
-    elbo = make_objective(objective, num_particles=num_particles)
+    elbo = objective_for(vae, objective, num_particles)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
     losses = []
     for step in range(steps):
@@ -74,10 +83,13 @@ def test_every_combination_trains_a_few_steps(prior, guide, likelihood):
     assert changed, "no parameter moved"
 
 
-@pytest.mark.parametrize("objective", registry.OBJECTIVES)
+@pytest.mark.parametrize("objective", ["elbo", "meanfield", "iwae"])
 @pytest.mark.parametrize("guide", registry.GUIDES)
-def test_every_objective_trains_every_guide(objective, guide):
-    vae = small_vae(guide=guide)
+def test_every_bound_trains_every_guide(objective, guide):
+    """The three bounds (Monte Carlo ELBO, analytic-KL ELBO, IWAE) with every guide.
+    Penalized objectives, which some guides cannot serve, are tested with their code."""
+    prior = next(p for p in registry.PRIORS if registry.compatible(p, guide, "bernoulli"))
+    vae = small_vae(prior, guide)
     losses = train(vae, data_for("bernoulli"), objective, num_particles=3)
     assert all(math.isfinite(loss) for loss in losses)
 
