@@ -45,19 +45,10 @@ def sharpen(vae, factor=4.0):
     return vae
 
 
-def objective_for(vae, name, num_particles):
-    """The objective ``name`` as the trainer builds it, with the model's Dims for the
-    objectives that take them."""
-    try:
-        return make_objective(name, num_particles=num_particles, dims=vae.dims)
-    except TypeError:  # a make_objective from before objectives took the Dims
-        return make_objective(name, num_particles=num_particles)
-
-
 def train(vae, x, objective="meanfield", *, steps=3, batch_size=10, lr=1e-2, num_particles=1):
     """A few steps of the trainer's loop: Pyro's differentiable loss, torch Adam, minibatches
     identified by their training-set indices. Returns the losses."""
-    elbo = objective_for(vae, objective, num_particles)
+    elbo = make_objective(objective, num_particles=num_particles)
     optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
     losses = []
     for step in range(steps):
