@@ -113,7 +113,7 @@ whose mean and scale come from a second network, the *encoder*. One encoder serv
 point (amortized inference), instead of a separate $(\mu, \sigma)$ per point.
 
 The comparison on the Gaussian mixture itself, EM vs mean-field VI vs amortized VI, is the
-subject of [03_em_vs_vi_vs_amortized.ipynb](03_em_vs_vi_vs_amortized.ipynb) (to come).
+subject of [03_em_vs_vi_vs_amortized.ipynb](03_em_vs_vi_vs_amortized.ipynb).
 
 The data: 8×8 grey-level digits with pixels in $[0, 1]$. The Bernoulli decoder models black and
 white pixels, so each pixel is binarised by one Bernoulli draw with its grey level as
@@ -562,12 +562,22 @@ empty folder instead. The folder holds
 Other parts are a flag or a model file away: `ppl-vae train --model gaussian_vae` trains the
 Gaussian decoder of section 5, `--objective elbo` the Monte Carlo objective of section 4, and
 `--beta 4` a $\beta$-VAE; `ppl-vae train --help` lists them all.
+
+## Where next
+
+- [02_swapping_priors_and_guides.ipynb](02_swapping_priors_and_guides.ipynb) swaps the prior
+  (a mixture of Gaussians, the VampPrior) and the guide (a normalizing flow, one
+  $(\mu, \sigma)$ per data point) of this VAE, and measures each choice honestly: the ELBO,
+  $\log p(x)$ by importance sampling, and the amortization gap.
+- [03_em_vs_vi_vs_amortized.ipynb](03_em_vs_vi_vs_amortized.ipynb) goes back to the Gaussian
+  mixture of section 1 and fits it by EM, by mean-field variational inference, by Pyro's SVI
+  and NUTS, and as a VAE with a mixture prior, on the same data, in one table.
 """),
 ]
 
 
-def build():
-    """The notebook's cells, without outputs."""
+def build(cells=CELLS):
+    """The notebook of ``cells`` (``(kind, source)`` pairs), without outputs."""
     nb = nbformat.v4.new_notebook()
     nb.metadata = {
         "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
@@ -575,7 +585,7 @@ def build():
         "language_info": {"name": "python"},
     }
     makers = {"markdown": nbformat.v4.new_markdown_cell, "code": nbformat.v4.new_code_cell}
-    for i, (kind, source) in enumerate(CELLS):
+    for i, (kind, source) in enumerate(cells):
         cell = makers[kind](source.strip("\n"))
         cell.id = f"cell-{i:02d}"  # fixed ids: rebuilding gives the same file
         nb.cells.append(cell)
@@ -592,16 +602,18 @@ def execute(nb):
     nb.metadata["language_info"] = {"name": "python"}  # drop this machine's version details
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv=None, *, cells=CELLS, notebook=NOTEBOOK, description=__doc__):
+    """Write ``notebook`` from ``cells``, executed in full unless ``--no-execute``; the other
+    notebooks' builders call this too."""
+    parser = argparse.ArgumentParser(description=description.splitlines()[0])
     parser.add_argument("--no-execute", action="store_true", help="write the cells only")
     args = parser.parse_args(argv)
-    nb = build()
+    nb = build(cells)
     if not args.no_execute:
         execute(nb)
     nbformat.validate(nb)
-    nbformat.write(nb, NOTEBOOK)
-    print(f"wrote {NOTEBOOK.relative_to(HERE.parent)}")
+    nbformat.write(nb, notebook)
+    print(f"wrote {notebook.relative_to(HERE.parent)}")
 
 
 if __name__ == "__main__":

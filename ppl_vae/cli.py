@@ -161,6 +161,16 @@ def gmm_command(argv):
     return gmm_main(argv)
 
 
+def compare_command(argv):
+    from ppl_vae.compare import main as compare_main
+
+    return compare_main(argv)
+
+
+# Commands with their own parser: ``ppl-vae NAME ...`` hands them the rest of the line.
+OWN_PARSERS = {"gmm": gmm_command, "compare": compare_command}
+
+
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="ppl-vae",
@@ -174,6 +184,9 @@ def build_parser():
     add_eval_arguments(evaluate)
     commands.add_parser("gmm", add_help=False,
                         help="fit a Gaussian mixture: EM, CAVI, Pyro SVI or NUTS")
+    commands.add_parser("compare", add_help=False,
+                        help="EM vs mean-field VI vs amortized VI (VAE) on one data set: "
+                             "one table")
     return parser
 
 
@@ -205,8 +218,8 @@ def eval_main(argv=None):
 
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] == "gmm":
-        return run(gmm_command, argv[1:])
+    if argv and argv[0] in OWN_PARSERS:
+        return run(OWN_PARSERS[argv[0]], argv[1:])
     parser = build_parser()
 
     def dispatch(a):
