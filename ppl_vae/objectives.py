@@ -307,7 +307,9 @@ def log_importance_weights(batch_size, num_data, estimator="mss", device=None):
       symmetric form): the point's own posterior weighs 1/N (it is certainly in the data)
       and each of the B - 1 others (N - 1) / (N (B - 1)), an unbiased estimate of the sum
       over the N - 1 other points. With B = N every weight is 1/N and q(z_i) is exact.
-    - ``"mws"``, minibatch weighted sampling (Chen et al. 2018, eq. S5): 1 / (N B) each.
+    - ``"mws"``, minibatch weighted sampling (Chen et al. 2018, eq. S5): 1 / (N B) each,
+      which sum to 1/N, not 1: every log q(z) estimate is about log N too low, and a TC
+      estimate carries a constant offset of about (L - 1) log N (no effect on gradients).
 
     A batch of one point has only its own posterior: weight 1.
     """
@@ -631,6 +633,11 @@ class PenalizedELBO:
         return self.elbo.differentiable_loss(model, self._penalized(guide), *args, **kwargs)
 
     __call__ = differentiable_loss
+
+    def loss(self, model, guide, *args, **kwargs):
+        """The loss as a float, like ``ELBO.loss``."""
+        with torch.no_grad():
+            return float(self.differentiable_loss(model, guide, *args, **kwargs))
 
     def _penalized(self, guide):
         if id(guide) not in self._guides:

@@ -184,6 +184,23 @@ def test_factorvae_discriminator_trains_alongside_and_resumes_exactly(tmp_path):
     assert all(math.isfinite(float(row["tc"])) for row in rows)
 
 
+def test_penalized_objective_is_a_loss_for_pyro_svi():
+    dims = Dims(data_dim=16, latent_dim=3, num_data=32)
+    vae = build_vae(dims, hidden=(8,))
+    x = torch.bernoulli(torch.full((32, 16), 0.3))
+    objective = make_objective("dipvae-i", dims=dims)
+    svi = pyro.infer.SVI(vae.model, vae.guide, pyro.optim.Adam({"lr": 1e-2}), loss=objective)
+    before = {k: v.clone() for k, v in vae.named_parameters()}
+    pyro.set_rng_seed(1)
+    stepped = svi.step(x)
+    assert all(not torch.equal(before[k], v) for k, v in vae.named_parameters())
+    pyro.set_rng_seed(1)
+    with torch.no_grad():
+        for k, v in vae.named_parameters():
+            v.copy_(before[k])
+    assert objective.loss(vae.model, vae.guide, x) == pytest.approx(float(stepped), rel=1e-6)
+
+
 def test_objective_options_are_checked():
     dims = Dims(data_dim=4, latent_dim=3, num_data=10)
     with pytest.raises(ConfigError, match="'meanfield' objective takes no options"):
