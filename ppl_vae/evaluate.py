@@ -310,7 +310,12 @@ def kl_decomposition(vae, x, y=None):
     the aggregate posterior q(z) = 1/N sum_n q(z | x_n) of the N rows, computed exactly over
     all rows at one code z_n ~ q(z | x_n) per row (see
     :func:`ppl_vae.objectives.kl_decomposition_terms`): the three add up exactly to ``kl``,
-    the Monte Carlo KL at the same codes. I is at most log N.
+    the Monte Carlo KL at the same codes.
+
+    They describe the aggregate posterior of these N rows. I is at most log N, and when it
+    comes close (posteriors that barely overlap, as a well-trained encoder gives), q(z) is a
+    set of N narrow bumps: its TC then reflects the finite sample as much as the model, and
+    exceeds the TC of the aggregate over the data distribution. Compare TCs at equal N.
 
     Needs a Gaussian guide and a prior with closed-form one-dimensional marginals (the
     ``normal`` prior); raises ConfigError otherwise.

@@ -4,11 +4,12 @@
     python scripts/disentangle.py --variants shapes_vae beta_tcvae --epochs 40
     python scripts/disentangle.py --quick               # a few seconds: checks that it runs
 
-A variant is a model file of models/ (``shapes_vae``, ``beta_vae``, ``beta_tcvae``,
-``factor_vae``, ``dip_vae``, ``joint_vae``, or any other). All variants train on the same
-dSprites-like shapes (:mod:`ppl_vae.shapes`) with the same nets and budget: the flags
-replace each file's data, latent size, hidden widths, epochs, batch size, learning rate
-and seed, and keep what makes the variant (its parts, beta, objective and weights).
+A variant is a model file: a name in models/ (``shapes_vae``, ``beta_vae``, ``beta_tcvae``,
+``factor_vae``, ``dip_vae``, ``joint_vae``, or any other) or a path to a TOML file. All
+variants train on the same dSprites-like shapes (:mod:`ppl_vae.shapes`) with the same nets
+and budget: the flags replace each file's data, latent size, hidden widths, epochs, batch
+size, learning rate and seed, and keep what makes the variant (its parts, beta, objective
+and weights).
 
 For each variant, on the test set: the Mutual Information Gap of the posterior means
 against the known factors, the FactorVAE score (fresh renders), the test ELBO with its
@@ -194,12 +195,12 @@ def main(argv=None):
         seed=args.seed, image_size=args.image_size, num_data=args.num_data)
     rows = []
     for name in args.variants:
-        trainer = train(name, out / name, args)
+        trainer = train(name, out / Path(name).stem, args)  # a name or a path to a file
         if not torch.equal(trainer.data.x_test, data.x_test):  # factors must match images
             raise PplVaeError(f"{name}: its test images are not those of the factors")
         rows.append(evaluate(trainer, factors_test, args,
                              torch.Generator().manual_seed(args.seed)))
-        traversal_figure(trainer, out / name / "traversals.png")
+        traversal_figure(trainer, trainer.run_dir / "traversals.png")
         print(f"{name}: MIG {rows[-1]['mig']:.3f}, FactorVAE score "
               f"{rows[-1]['factor_vae_score']:.3f}, test ELBO {rows[-1]['test_elbo']:.1f}",
               file=sys.stderr, flush=True)
