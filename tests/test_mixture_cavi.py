@@ -4,7 +4,6 @@ import math
 
 import numpy as np
 import pytest
-import torch
 from scipy.special import gammaln, logsumexp
 from scipy.stats import multivariate_t
 from sklearn.cluster import KMeans
@@ -21,13 +20,6 @@ NOT_CONVERGED = pytest.mark.filterwarnings(
     "ignore::ppl_vae.mixture.ConvergenceWarning",
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def blobs(n_per=150, seed=0):

@@ -20,14 +20,6 @@ NOT_CONVERGED = pytest.mark.filterwarnings(
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # Small problems: one thread avoids waiting on a second one on a busy machine.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def blobs(n_per=200, seed=0, d=3):
     rng = np.random.default_rng(seed)
