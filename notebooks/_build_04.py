@@ -8,16 +8,12 @@ PPL_VAE_QUICK=1 set. ``build()`` returns the notebook without outputs; the tests
 cells with the committed ones.
 """
 
-import argparse
-import os
-import sys
+import runpy
 from pathlib import Path
-
-import nbformat
-from nbclient import NotebookClient
 
 HERE = Path(__file__).resolve().parent
 NOTEBOOK = HERE / "04_conditional_and_disentangled.ipynb"
+_BUILDER = runpy.run_path(str(HERE / "_build_01.py"), run_name="_build_01")
 
 CELLS = [
     ("markdown", r"""
@@ -330,43 +326,11 @@ python scripts/disentangle.py               # all disentangling variants, one ta
 ]
 
 
+
 def build():
     """The notebook's cells, without outputs."""
-    nb = nbformat.v4.new_notebook()
-    nb.metadata = {
-        "kernelspec": {"name": "python3", "display_name": "Python 3 (ipykernel)",
-                       "language": "python"},
-        "language_info": {"name": "python"},
-    }
-    makers = {"markdown": nbformat.v4.new_markdown_cell, "code": nbformat.v4.new_code_cell}
-    for i, (kind, source) in enumerate(CELLS):
-        cell = makers[kind](source.strip("\n"))
-        cell.id = f"cell-{i:02d}"  # fixed ids: rebuilding gives the same file
-        nb.cells.append(cell)
-    return nb
-
-
-def execute(nb):
-    """Run ``nb`` in full in the notebooks folder with the python3 kernel, in place."""
-    if os.environ.get("PPL_VAE_QUICK") == "1":
-        sys.exit("unset PPL_VAE_QUICK: the committed notebook holds the outputs of a full run")
-    NotebookClient(nb, kernel_name="python3", timeout=900, record_timing=False,
-                   resources={"metadata": {"path": str(HERE)}}).execute()
-    nb.metadata.pop("widgets", None)
-    nb.metadata["language_info"] = {"name": "python"}  # drop this machine's version details
-
-
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--no-execute", action="store_true", help="write the cells only")
-    args = parser.parse_args(argv)
-    nb = build()
-    if not args.no_execute:
-        execute(nb)
-    nbformat.validate(nb)
-    nbformat.write(nb, NOTEBOOK)
-    print(f"wrote {NOTEBOOK.relative_to(HERE.parent)}")
+    return _BUILDER["build"](CELLS)
 
 
 if __name__ == "__main__":
-    main()
+    _BUILDER["main"](cells=CELLS, notebook=NOTEBOOK, description=__doc__)
