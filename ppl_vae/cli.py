@@ -167,8 +167,14 @@ def compare_command(argv):
     return compare_main(argv)
 
 
+def bench_command(argv):
+    from ppl_vae.bench import main as bench_main
+
+    return bench_main(argv, prog="ppl-vae bench")
+
+
 # Commands with their own parser: ``ppl-vae NAME ...`` hands them the rest of the line.
-OWN_PARSERS = {"gmm": gmm_command, "compare": compare_command}
+OWN_PARSERS = {"gmm": gmm_command, "compare": compare_command, "bench": bench_command}
 
 
 def build_parser():
@@ -187,6 +193,9 @@ def build_parser():
     commands.add_parser("compare", add_help=False,
                         help="EM vs mean-field VI vs amortized VI (VAE) on one data set: "
                              "one table")
+    commands.add_parser("bench", add_help=False,
+                        help="benchmarks against plain PyTorch, Pyro and scikit-learn: "
+                             "svi, eval, gmm, gmm-memory, all")
     return parser
 
 

@@ -106,7 +106,7 @@ class Trainer:
                                    cycle_epochs=train_cfg["kl_cycle_epochs"])
         self.metric_names = (*METRICS[:-1], *(("beta",) if self.schedule.annealed else ()),
                              *self.auxiliary.extra_metrics, METRICS[-1])
-        self.optimizer = torch.optim.Adam(self.vae.parameters(), lr=train_cfg["lr"])
+        self.optimizer = adam(self.vae.parameters(), lr=train_cfg["lr"])
         self.loss = _Objective(self.vae, self.objective)
         if distributed.is_distributed():
             self.loss = DistributedDataParallel(
@@ -271,50 +271,48 @@ class Trainer:
     def train_epoch(self, bar=None, sync_every=25):
         """One pass over the shuffled training set. Returns the mean train ELBO per example.
 
-        The loss stays on the device between syncs (every ``sync_every`` steps and at the
-        end of the epoch): no host-device round trip per step.
+        Each step's loss is written into a tensor on the device and looked at every
+        ``sync_every`` steps and at the end of the epoch: no host-device round trip per step.
         """
         batch_size = self.config["train"]["batch_size"]
         n = self.x_train.shape[0]
         order = self._seed_epoch(n)
-        betas = (self.schedule.betas(self.step, -(-n // batch_size), self.device)
+        num_steps = -(-n // batch_size)
+        betas = (self.schedule.betas(self.step, num_steps, self.device)
                  if self.schedule.annealed else None)
-        total = torch.zeros((), device=self.device)
-        first_bad = torch.full((), -1, device=self.device, dtype=torch.long)
-        num_batches = reported = 0
-        for num_batches, start in enumerate(range(0, n, batch_size), 1):
+        losses = torch.empty(num_steps, device=self.device)
+        first_step = self.step + 1  # the number of this epoch's first step
+        checked = 0  # losses[:checked] are known to be finite
+        for i, start in enumerate(range(0, n, batch_size)):
             idx = distributed.shard(order[start : start + batch_size])
             x = self.x_train[idx]
             if self.dynamic_binarize:
-                x = torch.bernoulli(x)
+                x = binarize(x)
             y = None if self.y_train is None else self.y_train[idx]
-            beta = None if betas is None else betas[num_batches - 1]
+            beta = None if betas is None else betas[i]
             try:
                 loss = self.loss(x, y, idx, beta)
             except ValueError:
                 # Distribution arguments that validation rejects (NaN locs, say) follow a
-                # NaN loss at an earlier step that has not been synced yet: report that one.
-                self._check_finite(first_bad)
+                # NaN loss at an earlier step that has not been looked at yet: report that.
+                self._check_finite(losses[checked:i], first_step + checked)
                 raise
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
             self.auxiliary.after_step(self.vae, x, y, idx)
             self.step += 1
-            loss = loss.detach()
-            total += loss
-            first_bad = torch.where((first_bad < 0) & ~torch.isfinite(loss),
-                                    self.step, first_bad)
-            if num_batches % sync_every == 0 or start + batch_size >= n:
-                self._check_finite(first_bad)
+            losses[i] = loss.detach()
+            if (i + 1) % sync_every == 0 or i + 1 == num_steps:
+                self._check_finite(losses[checked : i + 1], first_step + checked)
                 if bar is not None:
-                    bar.update(num_batches - reported)
-                    reported = num_batches
-                    bar.set_postfix(epoch=self.epoch + 1,
-                                    elbo=f"{-float(total) / num_batches / n:.2f}")
+                    bar.update(i + 1 - checked)
+                    elbo = -losses[: i + 1].sum().item() / (i + 1) / n
+                    bar.set_postfix(epoch=self.epoch + 1, elbo=f"{elbo:.2f}")
+                checked = i + 1
         # Each process's loss estimates the full-data -ELBO; report their mean.
-        total = distributed.all_reduce_sum(total) / distributed.world_size()
-        return -float(total) / num_batches / n
+        total = distributed.all_reduce_sum(losses.sum()) / distributed.world_size()
+        return -float(total) / num_steps / n
 
     def _seed_epoch(self, n):
         """Reseed for this epoch; returns its shuffle of range(n), the same on every process."""
@@ -326,14 +324,18 @@ class Trainer:
         gen = torch.Generator().manual_seed(int(shuffle_seed))
         return torch.randperm(n, generator=gen).to(self.device)
 
-    def _check_finite(self, first_bad):
+    def _check_finite(self, losses, first_step):
+        """Raise TrainingDiverged if one of ``losses``, the losses of steps ``first_step``,
+        ``first_step + 1``, ..., is NaN or infinite, naming the first such step."""
+        never = torch.iinfo(torch.long).max
+        bad = ~torch.isfinite(losses)
+        step = (torch.where(bad.any(), bad.long().argmax() + first_step, never) if len(bad)
+                else torch.tensor(never, device=losses.device))
         # Every process must agree to stop, or the others would wait for it forever.
-        bad = first_bad.clone()
-        bad[bad < 0] = torch.iinfo(torch.long).max
         if distributed.is_distributed():
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MIN)
-        bad_step = int(bad)
-        if bad_step == torch.iinfo(torch.long).max:
+            torch.distributed.all_reduce(step, op=torch.distributed.ReduceOp.MIN)
+        bad_step = int(step)
+        if bad_step == never:
             return
         where = (f"the checkpoint of epoch {self.epoch} in {self.run_dir / CHECKPOINT} is "
                  "intact" if self.epoch else "no checkpoint was written")
@@ -386,6 +388,16 @@ class _Objective(nn.Module):
 
     def _guide(self, *args, batch_size, names):
         return self.vae.guide(**dict(zip(names, args, strict=True)))
+
+
+def adam(params, lr):
+    """torch's Adam in its fused form (one kernel for every parameter: on a CPU its step is
+    about 3 times as fast as the default for-loop form) where the parameters allow it."""
+    params = list(params)
+    try:
+        return torch.optim.Adam(params, lr=lr, fused=True)
+    except RuntimeError:  # a device or dtype without a fused kernel
+        return torch.optim.Adam(params, lr=lr)
 
 
 def _load_data(data_cfg, *, seed):

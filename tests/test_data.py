@@ -413,9 +413,11 @@ def test_check_data_accepts_good_data():
 # --- binarize -------------------------------------------------------------------------------
 
 
-def test_binarize_draws_with_probability_x():
+@pytest.mark.parametrize("seeded", [True, False], ids=["static", "dynamic"])
+def test_binarize_draws_with_probability_x(seeded):
     p = torch.linspace(0, 1, 33)
-    draws = binarize(p.expand(2000, -1), torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    draws = binarize(p.expand(2000, -1), torch.Generator().manual_seed(0) if seeded else None)
     assert set(draws.unique().tolist()) <= {0.0, 1.0} and draws.dtype == torch.float32
     mean = draws.mean(0)
     standard_error = (p * (1 - p) / 2000).sqrt()

@@ -1,6 +1,5 @@
-"""The gmm command, scripts/fit_gmm.py and scripts/bench.py (quick modes)."""
+"""The gmm command and scripts/fit_gmm.py (quick modes)."""
 
-import importlib.util
 import json
 import runpy
 import sys
@@ -15,13 +14,6 @@ from ppl_vae.mixture.cli import load_data, main
 
 ROOT = Path(__file__).resolve().parents[1]
 
-
-
-def bench_module():
-    spec = importlib.util.spec_from_file_location("bench", ROOT / "scripts" / "bench.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def run_gmm(tmp_path, *args):
@@ -100,17 +92,3 @@ def test_fit_gmm_script_runs_the_same_command(tmp_path, monkeypatch):
     assert result["ari_train"] > 0.5  # iris: setosa alone is separable; the rest overlap
 
 
-def test_bench_gmm_quick_agrees_with_sklearn(capsys):
-    rows = bench_module().bench_gmm(bench_module().build_parser().parse_args(
-        ["gmm", "--quick"]))
-    assert len(rows) == 6  # two cases x (scikit-learn, float32, float64)
-    for row in rows.values():
-        assert row["lower_bound"] == pytest.approx(row["sklearn_lower_bound"], rel=1e-6)
-    assert "CPU ratio" in capsys.readouterr().out
-
-
-def test_fit_adds_less_peak_memory_than_the_data():
-    # 2,000,000 x 8 float32 (64 MB), K=16; a fresh process measures its peak resident size.
-    row = bench_module().measure_memory("ours", 2_000_000, 8, 16, 2,
-                                        init_params="random_from_data")
-    assert row["added_peak_bytes"] < row["data_bytes"]
