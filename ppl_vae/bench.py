@@ -284,9 +284,13 @@ def _interleaved(loops, repeats, work):
 
 
 def _paired_ratio(rates, label, reference):
-    """The median over rounds of the rate of ``label`` over the reference's in the same
-    round: a slow spell of the machine cancels in each pair."""
-    return statistics.median(a / b for a, b in zip(rates[label], rates[reference], strict=True))
+    """The median, first and third quartiles over rounds of the rate of ``label`` over the
+    reference's in the same round: a slow spell of the machine cancels in each pair."""
+    pairs = [a / b for a, b in zip(rates[label], rates[reference], strict=True)]
+    if len(pairs) < 2:
+        return pairs[0], pairs[0], pairs[0]
+    q1, median, q3 = statistics.quantiles(pairs, n=4)
+    return median, q1, q3
 
 
 @benchmark("svi", "VAE training steps per second: the Pyro trainer against a plain PyTorch loop")
@@ -303,13 +307,13 @@ def bench_svi(args):
     torch.set_num_threads(args.threads)
     batch_sizes = (64, 256) if args.quick else (128, 1024)
     steps = 4 if args.quick else 30
-    repeats = args.repeats or (1 if args.quick else 9)
+    repeats = args.repeats or (1 if args.quick else 15)
     d = 64 if args.quick else 784
     print(f"steps per second of one epoch of {steps} steps, median of {repeats} after a "
           f"warm-up epoch, interleaved; MNIST-sized synthetic data (D={d}), MLP 256-256, "
           f"latent 16, Adam(1e-3), dynamic binarisation; {args.threads} thread(s), device "
           f"{args.device}; torch {torch.__version__}, load average {os.getloadavg()[0]:.1f}")
-    print(f"{'batch':>6}  {'loop':<48}{'steps/s':>9}{'ratio':>8}")
+    print(f"{'batch':>6}  {'loop':<48}{'steps/s':>9}{'ratio':>8}{'quartiles':>14}")
     rows = {}
     with tempfile.TemporaryDirectory() as tmp:
         for batch_size in batch_sizes:
@@ -347,13 +351,15 @@ def bench_svi(args):
                     trainer.train_epoch
             rates = _interleaved(loops, repeats, steps)
             for label, values in rates.items():
-                rate, ratio = statistics.median(values), _paired_ratio(rates, label,
-                                                                       "plain PyTorch")
-                print(f"{batch_size:>6}  {label:<48}{rate:>9.1f}{ratio:>8.3f}")
-                rows[f"{batch_size} {label}"] = {"batch_size": batch_size, "steps_per_s": rate,
-                                                 "ratio": ratio, "threads": args.threads}
+                rate = statistics.median(values)
+                ratio, q1, q3 = _paired_ratio(rates, label, "plain PyTorch")
+                print(f"{batch_size:>6}  {label:<48}{rate:>9.1f}{ratio:>8.3f}"
+                      f"{f'{q1:.3f}-{q3:.3f}':>14}")
+                rows[f"{batch_size} {label}"] = {
+                    "batch_size": batch_size, "steps_per_s": rate, "ratio": ratio,
+                    "ratio_quartiles": [q1, q3], "threads": args.threads}
     print("(ratio: the median over rounds of steps per second over the plain PyTorch loop's "
-          "in the same round; >= 1 is as fast)")
+          "in the same round, with its quartiles; >= 1 is as fast)")
     return rows
 
 
@@ -402,7 +408,7 @@ def bench_eval(args):
 
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    d, n, sample_counts = (64, 16, (10, 100)) if args.quick else (784, 256, (100, 1000))
+    d, n, sample_counts = (64, 16, (10, 100)) if args.quick else (784, 128, (100, 1000, 5000))
     repeats = args.repeats or (1 if args.quick else 3)
     torch.manual_seed(0)
     vae = build_vae(Dims(data_dim=d, latent_dim=16, num_data=n), hidden=(256, 256)).to(device)
@@ -412,7 +418,8 @@ def bench_eval(args):
           f"latent 16), K importance samples each; median of {repeats} after a warm-up, "
           f"interleaved; {args.threads} thread(s), device {device}; torch {torch.__version__}, "
           f"load average {os.getloadavg()[0]:.1f}")
-    print(f"{'K':>6}  {'estimator':<46}{'samples/s':>12}{'ratio':>8}{'mean log p(x)':>15}")
+    print(f"{'K':>6}  {'estimator':<46}{'samples/s':>12}{'ratio':>8}{'quartiles':>14}"
+          f"{'mean log p(x)':>15}")
     estimators = {
         "ppl-vae log_likelihood (batched, chunked)": lambda k: log_likelihood(
             vae, x, num_samples=k),
@@ -430,10 +437,13 @@ def bench_eval(args):
         loops = {label: keep(label, estimate) for label, estimate in estimators.items()}
         rates = _interleaved(loops, repeats, n * k)
         for label, values in rates.items():
-            rate, ratio = statistics.median(values), _paired_ratio(rates, label, ours)
-            print(f"{k:>6}  {label:<46}{rate:>12,.0f}{ratio:>8.3f}{estimates[label]:>15.3f}")
+            rate = statistics.median(values)
+            ratio, q1, q3 = _paired_ratio(rates, label, ours)
+            print(f"{k:>6}  {label:<46}{rate:>12,.0f}{ratio:>8.3f}{f'{q1:.3f}-{q3:.3f}':>14}"
+                  f"{estimates[label]:>15.3f}")
             rows[f"{k} {label}"] = {"num_samples": k, "num_points": n,
                                     "samples_per_s": rate, "ratio": ratio,
+                                    "ratio_quartiles": [q1, q3],
                                     "mean_log_px": estimates[label], "threads": args.threads}
     print("(samples/s: points x importance samples per second; ratio: over ppl-vae's in the "
           "same round, < 1 is slower; mean log p(x): nats per point, the same estimator, "
