@@ -354,9 +354,10 @@ for method in (VAE.model, VAE.guide, VAE._data_plate):
     ("markdown", r"""
 Line by line:
 
-- **`pyro.module("vae", self)`** registers the nets' weights in Pyro's parameter store, so that
-  `SVI` finds and optimises them. Both programs call it: the guide uses the encoder, the model
-  the decoder.
+- **`pyro.module(self.name, self)`** registers the nets' weights in Pyro's parameter store, so
+  that `SVI` finds and optimises them. Both programs call it: the guide uses the encoder, the
+  model the decoder. Each VAE has its own name (`vae0`, `vae1`, ...), so that two VAEs in one
+  process never share weights.
 - **`with self._data_plate(x, idx)`** opens `pyro.plate("data", N, subsample=idx)`: the rows of
   `x` are conditionally independent given the parameters, and they are a minibatch of $B$ of the
   $N$ training points. Pyro multiplies every log density inside the plate by $N / B$, so each
@@ -383,9 +384,8 @@ backpropagates, and takes one optimizer step on every registered parameter.
 
 Now the VAE to train: a 2-dimensional latent space, so that it can be drawn directly, with
 encoder and decoder MLPs of two hidden layers of 256 units. It is built with the seed that
-`ppl-vae train` uses (section 8) after clearing Pyro's parameter store: `pyro.module("vae", ...)`
-would otherwise hand `SVI` the weights an earlier VAE left under the same names, and this one
-would never change.
+`ppl-vae train` uses (section 8) after clearing Pyro's parameter store, so that the store
+holds this VAE's weights alone.
 """),
     ("code", r"""
 pyro.clear_param_store()
@@ -555,8 +555,9 @@ empty folder instead. The folder holds
 
 - `config.toml`: the resolved configuration, every setting written out;
 - `metrics.csv`: one row per epoch with the train ELBO, the test ELBO and its two terms;
-- `checkpoint.pt`: weights, optimizer state and random-number state after the last epoch,
-  written atomically; `ppl-vae train --resume runs/vae --epochs 300` continues the run exactly;
+- `checkpoint.pt`: weights, optimizer state, epoch and step after the last epoch, written
+  atomically; random numbers are reseeded from the seed and the epoch, so
+  `ppl-vae train --resume runs/vae --epochs 300` continues the run exactly;
 - `elbo.png`, `latent.png`, `reconstructions.png`, `samples.png`: the figures of section 7.
 
 Other parts are a flag or a model file away: `ppl-vae train --model gaussian_vae` trains the

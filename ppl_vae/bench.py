@@ -423,6 +423,8 @@ def bench_eval(args):
     estimators = {
         "ppl-vae log_likelihood (batched, chunked)": lambda k: log_likelihood(
             vae, x, num_samples=k),
+        "ppl-vae, 32,768-row chunks (a GPU's size)": lambda k: log_likelihood(
+            vae, x, num_samples=k, max_rows=2**15),
         "per-point loop (hand-written)": lambda k: per_point_log_likelihood(vae, x, k),
         "Pyro vectorized_importance_weights": lambda k: pyro_log_likelihood(vae, x, k),
     }

@@ -125,7 +125,9 @@ class VampPrior(nn.Module):
     The pseudo-inputs live in the data's space. For [0, 1] data (a likelihood whose
     ``support`` is ``"unit"``) they are ``sigmoid(raw)``, so they stay in the data's range;
     for real data they are ``raw`` itself. They start as noise around the middle of that
-    range; :meth:`init_from_data` sets them to randomly chosen data points instead.
+    range (``init="noise"``, as in the paper); :meth:`init_from_data` sets them to
+    randomly chosen data points instead, which the trainer does when ``init="data"``
+    (``[model.prior_options] init = "data"`` in a model file).
 
     The encoder is the guide's: the prior holds a reference to it that is not a
     registered submodule (the guide is registered once, under the VAE), see :meth:`bind`.
@@ -138,15 +140,21 @@ class VampPrior(nn.Module):
         K, the number of pseudo-inputs.
     init_std : float
         Standard deviation of the noise the raw pseudo-inputs start from.
+    init : {"noise", "data"}
+        Where a new training run starts the pseudo-inputs: ``"data"`` has the trainer call
+        :meth:`init_from_data` with the training set.
     """
 
     needs_encoder_density = True
     latent_support = None  # the guide's: its components are the guide's posteriors
 
-    def __init__(self, dims, *, num_pseudo_inputs=50, init_std=0.1):
+    def __init__(self, dims, *, num_pseudo_inputs=50, init_std=0.1, init="noise"):
         super().__init__()
         if num_pseudo_inputs < 1:
             raise ConfigError(f"num_pseudo_inputs must be >= 1; got {num_pseudo_inputs}")
+        if init not in ("noise", "data"):
+            raise ConfigError(f"the VampPrior's init is 'noise' or 'data'; got {init!r}")
+        self.init = init
         if dims.num_classes:
             raise ConfigError("the VampPrior is a mixture of q(z | u) over unlabelled "
                               "pseudo-inputs; it is not defined for a conditional VAE")

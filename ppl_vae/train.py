@@ -116,6 +116,8 @@ class Trainer:
         self.epoch, self.step, self.metrics = 0, 0, []
         if _state is not None:
             self._restore(_state)
+        else:
+            self.vae.init_from_data(self.x_train)  # the same rows on every process (seeded)
 
     # ---------------------------------------------------------------- construction
 

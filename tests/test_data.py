@@ -425,6 +425,15 @@ def test_binarize_draws_with_probability_x(seeded):
     assert mean[0] == 0 and mean[-1] == 1
 
 
+def test_binarize_draws_what_torch_bernoulli_draws():
+    """On the CPU ``U < x`` reproduces torch.bernoulli's numbers and generator state, so the
+    statically binarised data sets of a seed are those of earlier versions."""
+    x = torch.rand(300, 64, dtype=torch.float64)
+    ours, theirs = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    assert torch.equal(binarize(x, ours), torch.bernoulli(x, generator=theirs))
+    assert torch.equal(torch.rand(5, generator=ours), torch.rand(5, generator=theirs))
+
+
 def test_binarize_is_reproducible_with_a_seeded_generator():
     x = torch.rand(50, 64, generator=torch.Generator().manual_seed(1))
     a = binarize(x, torch.Generator().manual_seed(7))

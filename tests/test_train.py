@@ -237,3 +237,24 @@ def test_ppl_vae_gmm_dispatches_to_the_mixture_command(tmp_path, capsys):
     capsys.readouterr()
     code, err = run_cli(capsys, "gmm", "--data", str(tmp_path / "missing.npy"))
     assert code == 2 and err.startswith("error: ") and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("init", ["noise", "data"])
+def test_vampprior_pseudo_inputs_start_where_the_config_says(tmp_path, init):
+    config = small_config(1, **{"model.prior": "vamp",
+                                "model.prior_options": {"num_pseudo_inputs": 5, "init": init}})
+    trainer = Trainer(config, tmp_path / "run", progress=False)
+    pseudo = trainer.vae.prior.pseudo_inputs
+    rows = trainer.x_train.clamp(1e-3, 1 - 1e-3)
+    nearest = torch.cdist(pseudo, rows).min(dim=1).values
+    if init == "data":  # each pseudo-input is a training digit
+        assert nearest.max() < 0.01
+    else:  # noise around 1/2, far from every digit
+        assert nearest.min() > 0.5
+        assert torch.allclose(pseudo, torch.full_like(pseudo, 0.5), atol=0.2)
+
+
+def test_vampprior_rejects_an_unknown_init(tmp_path):
+    config = small_config(1, **{"model.prior": "vamp", "model.prior_options": {"init": "zeros"}})
+    with pytest.raises(Exception, match="init is 'noise' or 'data'; got 'zeros'"):
+        Trainer(config, tmp_path / "run", progress=False)
