@@ -79,7 +79,8 @@ from ppl_vae import plots, shapes
 from ppl_vae.config import load_config
 from ppl_vae.disentanglement import factor_vae_score, latent_traversals, mig
 from ppl_vae.evaluate import elbo_terms, kl_decomposition, log_likelihood
-from ppl_vae.objectives import KLSchedule, PenalizedELBO, TotalCorrelation
+from ppl_vae.objectives import KLSchedule
+from ppl_vae.penalties import PenalizedELBO, TotalCorrelation
 from ppl_vae.train import Trainer
 from ppl_vae.vae import VAE
 

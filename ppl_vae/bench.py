@@ -433,7 +433,7 @@ def bench_eval(args):
     for k in sample_counts:
         estimates = {}
 
-        def keep(label, estimate, k=k):
+        def keep(label, estimate, k=k, estimates=estimates):
             return lambda: estimates.__setitem__(label, estimate(k).mean().item())
 
         loops = {label: keep(label, estimate) for label, estimate in estimators.items()}

@@ -36,7 +36,7 @@ from torch.distributions import kl_divergence
 from ppl_vae.errors import ConfigError
 from ppl_vae.guides import diagonal_normal
 from ppl_vae.local import fit_local
-from ppl_vae.objectives import kl_decomposition_terms
+from ppl_vae.penalties import kl_decomposition_terms
 from ppl_vae.priors import inverse_softplus
 
 # Samples x points per vectorized chunk of log p(x), by device type: it bounds memory
@@ -317,7 +317,7 @@ def kl_decomposition(vae, x, y=None):
     the index-code mutual information, the total correlation and the dimension-wise KL of
     the aggregate posterior q(z) = 1/N sum_n q(z | x_n) of the N rows, computed exactly over
     all rows at one code z_n ~ q(z | x_n) per row (see
-    :func:`ppl_vae.objectives.kl_decomposition_terms`): the three add up exactly to ``kl``,
+    :func:`ppl_vae.penalties.kl_decomposition_terms`): the three add up exactly to ``kl``,
     the Monte Carlo KL at the same codes.
 
     They describe the aggregate posterior of these N rows. I is at most log N, and when it

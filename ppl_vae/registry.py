@@ -8,7 +8,8 @@ from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from ppl_vae import guides, likelihoods, nets, priors
 from ppl_vae.errors import ConfigError
-from ppl_vae.objectives import DIPVAE, DIPVAEII, IWAE, FactorVAE, TotalCorrelation
+from ppl_vae.objectives import IWAE
+from ppl_vae.penalties import DIPVAE, DIPVAEII, FactorVAE, TotalCorrelation
 
 PRIORS = {
     "normal": priors.StandardNormal,

@@ -35,7 +35,8 @@ from ppl_vae.data import DATASETS, binarize, check_data, load_dataset
 from ppl_vae.device import resolve_device
 from ppl_vae.errors import CheckpointError, ConfigError, TrainingDiverged
 from ppl_vae.evaluate import evaluate_elbo
-from ppl_vae.objectives import KLSchedule, auxiliary, make_objective
+from ppl_vae.objectives import KLSchedule, make_objective
+from ppl_vae.penalties import auxiliary
 from ppl_vae.registry import lookup
 from ppl_vae.vae import Dims, build_vae
 

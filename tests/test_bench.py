@@ -52,7 +52,8 @@ def tiny_vae():
     torch.manual_seed(0)
     vae = build_vae(Dims(data_dim=12, latent_dim=2, num_data=6), hidden=(8,))
     # A proposal wider than the prior, q(z | x) = N(0, 1.5^2 I): the importance weights
-    # p(z) p(x | z) / q(z) are then bounded, so K = 20000 pins log p(x) to about 0.005 nats (one standard deviation).
+    # p(z) p(x | z) / q(z) are then bounded, so K = 20000 pins log p(x) to about 0.005 nats
+    # (one standard deviation).
     last = vae.posterior.encoder[-1]
     with torch.no_grad():
         last.weight.zero_()

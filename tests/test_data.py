@@ -7,9 +7,7 @@ import types
 import numpy as np
 import pytest
 import torch
-from scipy.stats import multivariate_normal
 from sklearn.datasets import load_digits
-from sklearn.decomposition import PCA
 
 from ppl_vae.data import (
     DATASETS,
@@ -17,11 +15,9 @@ from ppl_vae.data import (
     binarize,
     check_data,
     load_dataset,
-    make_ppca,
-    ppca_log_likelihood,
-    ppca_mle,
 )
 from ppl_vae.errors import DataError
+from ppl_vae.ppca import make_ppca
 
 IDX_STEMS = (
     "train-images-idx3-ubyte",
@@ -440,72 +436,3 @@ def test_binarize_is_reproducible_with_a_seeded_generator():
     b = binarize(x, torch.Generator().manual_seed(7))
     c = binarize(x, torch.Generator().manual_seed(8))
     assert torch.equal(a, b) and not torch.equal(a, c)
-
-
-# --- probabilistic PCA ----------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def ppca_data():
-    return make_ppca(2000, 10, 2, noise_std=0.5, seed=0)
-
-
-def test_make_ppca_matches_its_parameters(ppca_data):
-    x, true = ppca_data
-    assert x.shape == (2000, 10) and x.dtype == torch.float32
-    assert true["W"].shape == (10, 2) and float(true["sigma"]) == 0.5
-    covariance = true["W"] @ true["W"].T + 0.25 * torch.eye(10)
-    # Sample moments of 2,000 points agree with the model's to a few standard errors.
-    se_mean = (covariance.diagonal() / 2000).sqrt()
-    assert torch.all((x.mean(0) - true["mu"]).abs() < 4 * se_mean)
-    torch.testing.assert_close(torch.cov(x.T), covariance, rtol=0.1, atol=0.1)
-
-
-def test_ppca_log_likelihood_matches_scipy(ppca_data):
-    x, true = ppca_data
-    W = true["W"].double()
-    covariance = W @ W.T + 0.25 * torch.eye(10, dtype=torch.float64)
-    expected = multivariate_normal.logpdf(
-        x.double().numpy(), mean=true["mu"].double().numpy(), cov=covariance.numpy()
-    ).mean()
-    assert ppca_log_likelihood(x, true["W"], true["mu"], true["sigma"]) == pytest.approx(
-        expected, rel=1e-10
-    )
-    assert ppca_log_likelihood(x, true["W"], true["mu"], 0.5) == pytest.approx(expected, rel=1e-10)
-
-
-def test_ppca_mle_beats_the_truth_and_matches_sklearn(ppca_data):
-    x, true = ppca_data
-    N, D = x.shape
-    fit = ppca_mle(x.double(), latent_dim=2)
-    truth = ppca_log_likelihood(x, true["W"], true["mu"], true["sigma"])
-    assert fit["log_likelihood"] >= truth
-    assert fit["log_likelihood"] == pytest.approx(
-        ppca_log_likelihood(x.double(), fit["W"], fit["mu"], fit["sigma"]), abs=1e-10
-    )
-
-    pca = PCA(n_components=2).fit(x.double().numpy())
-    assert fit["log_likelihood"] == pytest.approx(pca.score(x.double().numpy()), abs=1e-5)
-    # sklearn divides the covariance by N - 1, the MLE by N: the fits differ by the factor
-    # c = N / (N - 1), which costs exactly D/2 (log c + 1/c - 1) nats per example.
-    c = N / (N - 1)
-    gap = D / 2 * (math.log(c) + 1 / c - 1)
-    assert fit["log_likelihood"] - pca.score(x.double().numpy()) == pytest.approx(gap, rel=1e-4)
-    assert float(fit["sigma"]) ** 2 == pytest.approx(pca.noise_variance_ / c, rel=1e-10)
-    np.testing.assert_allclose(
-        (fit["W"] @ fit["W"].T).numpy() + float(fit["sigma"]) ** 2 * np.eye(D),
-        pca.get_covariance() / c,
-        atol=1e-10,
-    )
-
-
-def test_ppca_mle_keeps_the_dtype_and_checks_latent_dim(ppca_data):
-    x, _ = ppca_data
-    fit = ppca_mle(x, latent_dim=3)
-    assert fit["W"].dtype == torch.float32 and fit["W"].shape == (10, 3)
-    torch.testing.assert_close(fit["mu"], x.mean(0))
-    with pytest.raises(ValueError, match="latent_dim"):
-        ppca_mle(x, latent_dim=10)
-    flat = torch.randn(50, 2, dtype=torch.float64) @ torch.randn(2, 5, dtype=torch.float64)
-    with pytest.raises(DataError, match="rank <= 2"):
-        ppca_mle(flat, latent_dim=2)

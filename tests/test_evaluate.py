@@ -14,7 +14,6 @@ import torch
 from ppl_vae import registry
 from ppl_vae.cli import main as cli_main
 from ppl_vae.config import load_config
-from ppl_vae.data import make_ppca, ppca_log_likelihood
 from ppl_vae.errors import ConfigError
 from ppl_vae.evaluate import (
     active_units,
@@ -25,6 +24,7 @@ from ppl_vae.evaluate import (
     monte_carlo_elbo,
 )
 from ppl_vae.objectives import make_objective
+from ppl_vae.ppca import make_ppca, ppca_log_likelihood
 from ppl_vae.report import COLUMNS, evaluate_run
 from ppl_vae.train import Trainer
 from ppl_vae.vae import Dims, build_vae

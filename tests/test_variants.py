@@ -20,7 +20,8 @@ from ppl_vae.config import load_config
 from ppl_vae.errors import ConfigError
 from ppl_vae.evaluate import elbo_terms, log_likelihood
 from ppl_vae.guides import GaussianCorruption, MaskCorruption, SaltAndPepperCorruption
-from ppl_vae.objectives import DIPVAE, DIPVAEII, KLSchedule, make_objective
+from ppl_vae.objectives import KLSchedule, make_objective
+from ppl_vae.penalties import DIPVAE, DIPVAEII
 from ppl_vae.priors import JointLatent
 from ppl_vae.train import Trainer
 from ppl_vae.vae import Dims, build_vae
