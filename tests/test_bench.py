@@ -86,6 +86,25 @@ def test_every_timed_estimator_of_log_px_matches_quadrature(tiny_vae, estimator)
     torch.testing.assert_close(estimate, exact, rtol=0, atol=0.025)
 
 
+@pytest.mark.cuda
+def test_log_likelihood_on_cuda_matches_quadrature(tiny_vae):
+    vae, x = tiny_vae
+    exact = quadrature_log_likelihood(vae, x)
+    on_gpu = build_vae(Dims(data_dim=12, latent_dim=2, num_data=6), hidden=(8,)).to("cuda")
+    on_gpu.load_state_dict(vae.state_dict())
+    torch.manual_seed(1)
+    estimate = log_likelihood(on_gpu, x.to("cuda"), num_samples=20_000)
+    assert estimate.is_cuda
+    torch.testing.assert_close(estimate.cpu(), exact, rtol=0, atol=0.025)
+
+
+@pytest.mark.cuda
+def test_bench_quick_runs_on_cuda(capsys):
+    assert bench.main(["svi", "--quick", "--device", "cuda"]) == 0
+    assert bench.main(["eval", "--quick", "--device", "cuda"]) == 0
+    assert "device cuda" in capsys.readouterr().out
+
+
 def test_bench_eval_and_svi_quick_report_every_loop(capsys):
     rows = bench.bench_eval(quick("eval"))
     assert {row["num_samples"] for row in rows.values()} == {10, 100}

@@ -263,3 +263,16 @@ def test_get_params_returns_constructor_arguments_as_given():
     assert params["n_components"] == 2 and params["covariance_type"] == "diag"
     assert params["means_init"] is means and params["tol"] == 1e-5
     assert gm.set_params(max_iter=7).max_iter == 7
+
+
+@NOT_CONVERGED
+@pytest.mark.cuda
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+def test_em_on_cuda_matches_sklearn_from_same_start(cov_type):
+    X, _ = blobs()
+    init = sklearn_start(X, cov_type)
+    ref = SklearnGaussianMixture(3, covariance_type=cov_type, max_iter=25, tol=0, **init).fit(X)
+    ours = GaussianMixture(3, covariance_type=cov_type, max_iter=25, tol=0, device="cuda",
+                           dtype="float64", **init).fit(X)
+    np.testing.assert_allclose(ours.lower_bound_, ref.lower_bound_, rtol=1e-10)
+    np.testing.assert_allclose(ours.means_, ref.means_, rtol=1e-8, atol=1e-10)
