@@ -21,6 +21,7 @@ import torch
 
 from ppl_vae.config import MODELS_DIR, load_config
 from ppl_vae.data import binarize
+from ppl_vae.device import resolve_device
 from ppl_vae.evaluate import log_likelihood
 from ppl_vae.report import evaluate_run, markdown_table, write_table
 from ppl_vae.train import CHECKPOINT, Trainer
@@ -36,6 +37,8 @@ def parse_args(argv):
     parser.add_argument("--gap-points", type=int, default=500)
     parser.add_argument("--gap-steps", type=int, default=300)
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (default: CUDA if available), cpu or cuda")
     parser.add_argument("--quick", action="store_true",
                         help="1 epoch, K = 50, 20 gap points, no figures: checks that "
                              "everything runs")
@@ -45,9 +48,9 @@ def parse_args(argv):
     return args
 
 
-def train(name, run_dir, epochs, figures=True):
+def train(name, run_dir, epochs, device, figures=True):
     """Train ``models/<name>.toml`` into ``run_dir``, resuming a run that is there."""
-    overrides = {"train.epochs": epochs, "train.device": "cpu"}
+    overrides = {"train.epochs": epochs, "train.device": device}
     if (run_dir / CHECKPOINT).is_file():
         trainer = Trainer.resume(run_dir, overrides=overrides, progress=False)
     else:
@@ -55,17 +58,17 @@ def train(name, run_dir, epochs, figures=True):
     trainer.run(figures=figures)
 
 
-def time_log_likelihood(run_dir, num_samples, num_points=1000):
+def time_log_likelihood(run_dir, num_samples, device, num_points=1000):
     """Seconds to estimate log p(x) of ``num_points`` digits (the test set, then training
     points, binarised once) with ``num_samples`` samples each, and that many points."""
-    trainer = Trainer.resume(run_dir, overrides={"train.device": "cpu"}, progress=False)
+    trainer = Trainer.resume(run_dir, overrides={"train.device": device}, progress=False)
     extra = trainer.x_train[: max(0, num_points - len(trainer.x_test))]
     if trainer.dynamic_binarize:
         extra = binarize(extra, torch.Generator().manual_seed(0))
     x = torch.cat([trainer.x_test, extra])[:num_points]
     trainer.vae.eval()
     start = time.perf_counter()
-    log_likelihood(trainer.vae, x, num_samples=num_samples)
+    log_likelihood(trainer.vae, x, num_samples=num_samples).sum().item()  # waits for a GPU
     return time.perf_counter() - start, len(x)
 
 
@@ -73,22 +76,24 @@ def main(argv=None):
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    device = str(resolve_device(args.device))
     names = args.models or sorted(path.stem for path in MODELS_DIR.glob("*.toml"))
     out = Path(args.out)
     rows = []
     for name in names:
         run_dir = out / name
-        train(name, run_dir, args.epochs, figures=not args.quick)
+        train(name, run_dir, args.epochs, device, figures=not args.quick)
         row, _ = evaluate_run(run_dir, num_samples=args.num_samples,
                               gap_points=args.gap_points, gap_steps=args.gap_steps,
-                              device="cpu")
+                              device=device)
         rows.append(row)
         print(f"{name}: test ELBO {row['test_elbo']:.2f}, log p(x) {row['log_px']:.2f} "
               f"± {row['log_px_se']:.2f}", file=sys.stderr, flush=True)
     timed = "vae" if "vae" in names else names[0]
-    seconds, count = time_log_likelihood(out / timed, args.num_samples)
+    seconds, count = time_log_likelihood(out / timed, args.num_samples, device)
+    where = "a GPU" if device.startswith("cuda") else f"{torch.get_num_threads()} CPU thread(s)"
     timing = (f"log p(x) of {count} points with K = {args.num_samples} ({timed}): "
-              f"{seconds:.1f} s on {torch.get_num_threads()} CPU thread(s)")
+              f"{seconds:.1f} s on {where}")
     write_table(rows, out / "zoo.md", out / "zoo.csv")
     with open(out / "zoo.md", "a") as f:
         f.write(f"\n{timing}\n")
@@ -98,4 +103,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from ppl_vae.cli import run
+
+    sys.exit(run(main))
