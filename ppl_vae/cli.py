@@ -31,6 +31,7 @@ TRAIN_OVERRIDES = {
     "num_particles": "train.num_particles",
     "jit": "train.jit",
     "epochs": "train.epochs",
+    "eval_every": "train.eval_every",
     "batch_size": "train.batch_size",
     "lr": "train.lr",
     "seed": "train.seed",
@@ -49,7 +50,7 @@ def add_train_arguments(parser):
     parser.add_argument("--out", help="run folder (default: runs/<model name>[-N])")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last checkpoint "
-                             "(only --epochs and --device may change)")
+                             "(only --epochs, --device, --jit and --eval-every may change)")
     data = parser.add_argument_group("data")
     data.add_argument("--dataset", help="digits (default), mnist, fashion-mnist, ppca, "
                                         "or a .npz/.npy file")
@@ -81,6 +82,8 @@ def add_train_arguments(parser):
     train.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
                        help="compile model and guide with torch.jit (elbo, meanfield)")
     train.add_argument("--epochs", type=int)
+    train.add_argument("--eval-every", type=int, metavar="N",
+                       help="score the test set every N epochs and after the last (default 1)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
     train.add_argument("--seed", type=int)

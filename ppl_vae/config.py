@@ -47,6 +47,7 @@ DEFAULTS = {
         "num_particles": 1,
         "jit": True,  # compile model and guide with torch.jit: the fast path
         "epochs": 200,
+        "eval_every": 1,  # epochs between test-set evaluations (the last epoch always has one)
         "batch_size": 128,
         "lr": 1e-3,
         "seed": 0,
@@ -60,6 +61,19 @@ DEFAULTS = {
 CHOICES = {
     ("data", "binarize"): ("dynamic", "static", "none"),
     ("train", "kl_schedule"): ("constant", "linear", "cyclical"),
+}
+
+# Numeric settings and the open (">") or closed (">=") lower bound each must respect.
+LOWER_BOUNDS = {
+    ("data", "test_fraction"): (">", 0.0),
+    ("model", "latent_dim"): (">=", 1),
+    ("model", "beta"): (">", 0.0),  # poutine.scale needs a positive scale
+    ("model", "corruption_level"): (">=", 0.0),
+    ("train", "num_particles"): (">=", 1),
+    ("train", "epochs"): (">=", 1),
+    ("train", "batch_size"): (">=", 1),
+    ("train", "lr"): (">", 0.0),
+    ("train", "eval_every"): (">=", 1),
 }
 
 # The model zoo: models/ at the top of the source tree.
@@ -142,6 +156,11 @@ def _check_type(where, value, default, source):
     if choices and value not in choices:
         raise ConfigError(f"{where!r} in {source} must be one of {', '.join(choices)}; "
                           f"got {value!r}")
+    bound = LOWER_BOUNDS.get(tuple(where.split(".")))
+    if bound and not (value > bound[1] if bound[0] == ">" else value >= bound[1]):
+        raise ConfigError(f"{where!r} in {source} must be {bound[0]} {bound[1]}; got {value!r}")
+    if where == "data.test_fraction" and value >= 1:
+        raise ConfigError(f"{where!r} in {source} must be < 1; got {value!r}")
     if isinstance(default, float):
         return float(value)
     if isinstance(default, list):

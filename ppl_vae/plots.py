@@ -96,15 +96,21 @@ def latent_space(vae, x, labels=None, *, y=None, ax=None):
 
 
 def elbo_curves(metrics):
-    """The train and test ELBO per epoch, and the test ELBO's two terms."""
+    """The train and test ELBO per epoch, and the test ELBO's two terms (test values at the
+    epochs that scored the test set: the others hold NaN, see ``train.eval_every``)."""
     epochs = [row["epoch"] for row in metrics]
+    scored = [row for row in metrics if not math.isnan(row["test_elbo"])]
+    test_epochs = [row["epoch"] for row in scored]
+    marker = "o" if len(scored) < len(metrics) else None
     fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
     left.plot(epochs, [row["train_elbo"] for row in metrics], label="train")
-    left.plot(epochs, [row["test_elbo"] for row in metrics], label="test")
+    left.plot(test_epochs, [row["test_elbo"] for row in scored], marker=marker, label="test")
     left.set(xlabel="epoch", ylabel="ELBO (nats per example)", title="ELBO")
     left.legend()
-    right.plot(epochs, [row["test_recon"] for row in metrics], label="E_q[log p(x|z)]")
-    right.plot(epochs, [-row["test_kl"] for row in metrics], label="-KL(q(z|x) || p(z))")
+    right.plot(test_epochs, [row["test_recon"] for row in scored], marker=marker,
+               label="E_q[log p(x|z)]")
+    right.plot(test_epochs, [-row["test_kl"] for row in scored], marker=marker,
+               label="-KL(q(z|x) || p(z))")
     right.set(xlabel="epoch", ylabel="nats per example", title="test ELBO = sum of the two")
     right.legend()
     fig.tight_layout()

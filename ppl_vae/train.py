@@ -16,6 +16,7 @@ the single-process gradient of the whole minibatch when the shards are of equal 
 """
 
 import csv
+import math
 import time
 import warnings
 from dataclasses import asdict
@@ -46,7 +47,7 @@ from ppl_vae.vae import Dims, build_vae
 METRICS = ("epoch", "step", "train_elbo", "test_elbo", "test_recon", "test_kl", "seconds")
 CHECKPOINT = "checkpoint.pt"
 # Settings that may differ between a run and its resumption.
-RESUMABLE = {"train.epochs", "train.device", "train.jit"}
+RESUMABLE = {"train.epochs", "train.device", "train.jit", "train.eval_every"}
 
 
 class Trainer:
@@ -198,14 +199,20 @@ class Trainer:
                 start = time.perf_counter()
                 train_elbo = self.train_epoch(bar)
                 self.epoch += 1
-                test = self.evaluate()
+                # The test set is scored every eval_every epochs and after the last one;
+                # the other rows hold NaN there.
+                scored = self.epoch % self.config["train"]["eval_every"] == 0 or \
+                    self.epoch == epochs
+                test = self.evaluate() if scored else dict.fromkeys(("elbo", "recon", "kl"),
+                                                                     math.nan)
                 row = {"epoch": self.epoch, "step": self.step, "train_elbo": train_elbo,
                        "test_elbo": test["elbo"], "test_recon": test["recon"],
                        "test_kl": test["kl"]}
                 if self.schedule.annealed:
                     row["beta"] = self.schedule(self.step - 1)
                 if main:  # the extra terms are not sums over shards: rank 0 scores all
-                    row.update(self._evaluate_extra())
+                    row.update(self._evaluate_extra() if scored else
+                               dict.fromkeys(self.auxiliary.extra_metrics, math.nan))
                 row["seconds"] = time.perf_counter() - start
                 self.metrics.append(row)
                 bar.set_postfix(epoch=self.epoch, train_elbo=f"{train_elbo:.2f}",

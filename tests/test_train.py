@@ -258,3 +258,22 @@ def test_vampprior_rejects_an_unknown_init(tmp_path):
     config = small_config(1, **{"model.prior": "vamp", "model.prior_options": {"init": "zeros"}})
     with pytest.raises(Exception, match="init is 'noise' or 'data'; got 'zeros'"):
         Trainer(config, tmp_path / "run", progress=False)
+
+
+def test_eval_every_skips_test_scoring_without_changing_training(tmp_path):
+    """Epochs reseed from (seed, epoch), so scoring the test set less often changes nothing
+    but the skipped rows, which hold NaN; the last epoch is always scored."""
+    every = Trainer(small_config(5), tmp_path / "every", progress=False)
+    every.run(figures=False)
+    sparse = Trainer(small_config(5, **{"train.eval_every": 3}), tmp_path / "sparse",
+                     progress=False)
+    sparse.run(figures=True)
+    assert [row["train_elbo"] for row in sparse.metrics] == \
+        [row["train_elbo"] for row in every.metrics]
+    scored = [row["epoch"] for row in sparse.metrics if not math.isnan(row["test_elbo"])]
+    assert scored == [3, 5]
+    for epoch in (3, 5):
+        assert sparse.metrics[epoch - 1]["test_elbo"] == every.metrics[epoch - 1]["test_elbo"]
+    assert (tmp_path / "sparse" / "elbo.png").stat().st_size > 1000
+    with pytest.raises(Exception, match="'train.eval_every' in the command line must be >= 1"):
+        small_config(5, **{"train.eval_every": 0})
