@@ -461,7 +461,8 @@ def build_parser(prog=None):
     parser.add_argument("name", choices=[*BENCHMARKS, "all"], help="benchmark to run")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--iters", type=int, help="EM iterations (gmm; default 10)")
-    parser.add_argument("--repeats", type=int, help="timed repeats, median reported (default 3)")
+    parser.add_argument("--repeats", type=int,
+                        help="timed rounds, median reported (default: 15 for svi, 3 otherwise)")
     parser.add_argument("--device", default="cpu", help="device for ours (default: cpu)")
     parser.add_argument("--dtypes", default="float32,float64",
                         help="compute dtypes of ours to time (default: float32,float64)")
