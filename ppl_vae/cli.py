@@ -153,7 +153,7 @@ def eval_command(args):
                               gap_points=args.gap_points, gap_steps=args.gap_steps,
                               device=args.device)
     print(markdown_table([row]), end="")
-    print(f"nats per example on the test set; written to {paths[0]} and {paths[1]}",
+    print(f"nats per example on the test set; written to {', '.join(map(str, paths))}",
           file=sys.stderr)
     return 0
 

@@ -7,6 +7,7 @@ see :mod:`ppl_vae.evaluate` for what each one is.
 """
 
 import csv
+import hashlib
 import math
 import time
 from pathlib import Path
@@ -69,7 +70,8 @@ def evaluate_vae(vae, x, y=None, *, x_train=None, y_train=None, num_samples=5000
     -------
     dict
         The columns of :data:`COLUMNS` that the VAE determines (test ELBO and its terms,
-        log p(x) and its standard error over points, active units, gaps, notes, seconds).
+        log p(x) and its standard error over points, active units, gaps, notes, seconds),
+        and ``log_px_points``, the list of per-point log p(x) (for paired comparisons).
     """
     start = time.perf_counter()
     vae.eval()
@@ -80,6 +82,7 @@ def evaluate_vae(vae, x, y=None, *, x_train=None, y_train=None, num_samples=5000
         proposal = fit_optimal_posterior(vae, x, y, steps=gap_steps)
     log_px = log_likelihood(vae, x, y, num_samples=num_samples, proposal=proposal)
     row["log_px"] = float(log_px.mean())
+    row["log_px_points"] = log_px.tolist()
     row["log_px_se"] = float(log_px.std() / math.sqrt(len(log_px))) if len(log_px) > 1 else 0.0
     row["num_samples"] = num_samples
     row["active_units"] = f"{active_units(vae, x, y)[0]}/{vae.dims.latent_dim}"
@@ -100,11 +103,15 @@ def evaluate_vae(vae, x, y=None, *, x_train=None, y_train=None, num_samples=5000
 
 
 def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, device="auto"):
-    """Evaluate the checkpoint of a run folder; write ``eval.md`` and ``eval.csv`` into it.
+    """Evaluate the checkpoint of a run folder; write ``eval.md``, ``eval.csv`` and
+    ``log_px.csv`` (log p(x) of each test point, in test-set order) into it.
 
     The test set is the run's own (binarised with the run's fixed seed, as in its
     metrics); the training-set amortization gap uses the first ``gap_points`` training
-    points, binarised once with a fixed seed when the run binarises dynamically.
+    points, binarised once with a fixed seed when the run binarises dynamically. The row's
+    ``test_set`` is a fingerprint of the test data: runs with equal fingerprints scored the
+    same points, so their per-point log p(x) can be compared pairwise
+    (:func:`paired_differences`).
 
     Raises
     ------
@@ -129,9 +136,42 @@ def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, de
     row.update(evaluate_vae(trainer.vae, trainer.x_test, trainer.y_test, x_train=x_train,
                             y_train=y_train, num_samples=num_samples, gap_points=gap_points,
                             gap_steps=gap_steps))
+    row["test_set"] = hashlib.sha1(trainer.x_test.cpu().numpy().tobytes()).hexdigest()[:16]
     run_dir = Path(run_dir)
     paths = write_table([row], run_dir / "eval.md", run_dir / "eval.csv")
-    return row, paths
+    with open(run_dir / "log_px.csv", "w", newline="") as f:
+        f.write("log_px\n" + "".join(f"{value!r}\n" for value in row["log_px_points"]))
+    return row, [*paths, run_dir / "log_px.csv"]
+
+
+def paired_differences(rows, reference):
+    """log p(x) of each row minus the reference row's, paired over the same test points.
+
+    Only rows whose ``test_set`` fingerprint equals the reference's are compared (the
+    same data, binarised alike). Returns ``{model: (mean difference, its standard
+    error)}``: the standard error of the mean of the per-point differences, which is
+    smaller than that of either mean when the two models find the same points hard.
+    """
+    by_name = {row["model"]: row for row in rows}
+    if reference not in by_name:
+        return {}
+    ref = by_name[reference]
+    base = torch.tensor(ref["log_px_points"], dtype=torch.float64)
+    out = {}
+    for row in rows:
+        if row["model"] == reference or row.get("test_set") != ref.get("test_set"):
+            continue
+        diff = torch.tensor(row["log_px_points"], dtype=torch.float64) - base
+        out[row["model"]] = (float(diff.mean()), float(diff.std() / math.sqrt(len(diff))))
+    return out
+
+
+def paired_table(differences, reference):
+    """:func:`paired_differences` as a markdown table."""
+    lines = ["| | difference in log p(x) |", "|---|---:|"]
+    lines += [f"| {name} - {reference} | {mean:+.2f} ± {se:.2f} |"
+              for name, (mean, se) in differences.items()]
+    return "\n".join(lines) + "\n"
 
 
 def run_description(config):

@@ -23,7 +23,13 @@ from ppl_vae.config import MODELS_DIR, load_config
 from ppl_vae.data import binarize
 from ppl_vae.device import resolve_device
 from ppl_vae.evaluate import log_likelihood
-from ppl_vae.report import evaluate_run, markdown_table, write_table
+from ppl_vae.report import (
+    evaluate_run,
+    markdown_table,
+    paired_differences,
+    paired_table,
+    write_table,
+)
 from ppl_vae.train import CHECKPOINT, Trainer
 
 
@@ -94,10 +100,12 @@ def main(argv=None):
     where = "a GPU" if device.startswith("cuda") else f"{torch.get_num_threads()} CPU thread(s)"
     timing = (f"log p(x) of {count} points with K = {args.num_samples} ({timed}): "
               f"{seconds:.1f} s on {where}")
+    paired = paired_table(paired_differences(rows, reference=timed), timed)
     write_table(rows, out / "zoo.md", out / "zoo.csv")
     with open(out / "zoo.md", "a") as f:
-        f.write(f"\n{timing}\n")
+        f.write(f"\nPaired over the same test points:\n\n{paired}\n{timing}\n")
     print(markdown_table(rows))
+    print(paired)
     print(timing)
     return 0
 

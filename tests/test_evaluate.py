@@ -25,7 +25,7 @@ from ppl_vae.evaluate import (
 )
 from ppl_vae.objectives import make_objective
 from ppl_vae.ppca import make_ppca, ppca_log_likelihood
-from ppl_vae.report import COLUMNS, evaluate_run
+from ppl_vae.report import COLUMNS, evaluate_run, paired_differences, paired_table
 from ppl_vae.train import Trainer
 from ppl_vae.vae import Dims, build_vae
 
@@ -191,11 +191,13 @@ def test_eval_command_writes_the_table(tmp_path, capsys):
     run_dir = tiny_run(tmp_path, save_npy(tmp_path / "data.npy", 50, 16))
     row, paths = evaluate_run(run_dir, num_samples=50, gap_points=5, gap_steps=10,
                               device="cpu")
-    assert [p.name for p in paths] == ["eval.md", "eval.csv"]
+    assert [p.name for p in paths] == ["eval.md", "eval.csv", "log_px.csv"]
     with open(run_dir / "eval.csv") as f:
         (written,) = list(csv.DictReader(f))
     assert list(written) == [key for key, _, _ in COLUMNS]
     assert float(written["log_px"]) == pytest.approx(row["log_px"])
+    points = np.loadtxt(run_dir / "log_px.csv", skiprows=1)
+    assert len(points) == 10 and points.mean() == pytest.approx(row["log_px"], rel=1e-6)
     assert row["log_px"] >= row["test_elbo"] - 1.0
     assert cli_main(["eval", str(run_dir), "--num-samples", "20", "--gap-points", "3",
                      "--gap-steps", "5", "--device", "cpu"]) == 0
@@ -235,3 +237,16 @@ def test_zoo_script_quick_mode_writes_the_table(tmp_path, capsys):
     assert rows[1]["approximation_gap"] == "" and "not a bound" in rows[1]["notes"]
     assert "log p(x) of 1000 points with K = 50" in (tmp_path / "zoo.md").read_text()
     assert "| vae |" in capsys.readouterr().out
+
+
+def test_paired_differences_pair_points_of_the_same_test_set():
+    rows = [{"model": "vae", "test_set": "a", "log_px_points": [-1.0, -5.0, -3.0]},
+            {"model": "better", "test_set": "a", "log_px_points": [-0.5, -4.0, -3.0]},
+            {"model": "other data", "test_set": "b", "log_px_points": [0.0, 0.0, 0.0]}]
+    differences = paired_differences(rows, reference="vae")
+    assert list(differences) == ["better"]  # another test set is not paired
+    mean, se = differences["better"]
+    # differences 0.5, 1.0, 0.0: mean 0.5, sample std 0.5, standard error 0.5 / sqrt(3)
+    assert mean == pytest.approx(0.5) and se == pytest.approx(0.5 / np.sqrt(3))
+    assert "| better - vae | +0.50 ± 0.29 |" in paired_table(differences, "vae")
+    assert paired_differences(rows, reference="missing") == {}
