@@ -14,7 +14,19 @@ Learned noise scales are parameters of the likelihood itself, not decoder output
 import pyro.distributions as dist
 import torch
 from torch import nn
-from torch.nn.functional import softplus
+from torch.nn.functional import binary_cross_entropy_with_logits, softplus
+
+
+class IndependentBernoulli(dist.Independent):
+    """``Bernoulli(logits=...).to_event(1)`` whose ``log_prob`` is minus the binary
+    cross-entropy summed over the event, negated after the sum: the same number with one
+    operation (and its gradient) on the whole (B, D) batch fewer, about 1% of a batch-128
+    training step of the default VAE on a CPU. Build it with ``reinterpreted_batch_ndims``
+    1 (as :class:`Bernoulli` does)."""
+
+    def log_prob(self, value):
+        logits, value = torch.broadcast_tensors(self.base_dist.logits, value)
+        return -binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1)
 
 
 class Bernoulli(nn.Module):
@@ -34,7 +46,7 @@ class Bernoulli(nn.Module):
 
     def forward(self, out):
         # validate_args=False: soft targets in [0, 1] are allowed (see the class docstring).
-        return dist.Bernoulli(logits=out, validate_args=False).to_event(1)
+        return IndependentBernoulli(dist.Bernoulli(logits=out, validate_args=False), 1)
 
 
 class UnitGaussian(nn.Module):

@@ -357,3 +357,46 @@ def test_iwae_equals_pyros_renyi_bound_and_scales_after_the_average():
         pyro.set_rng_seed(5)
         assert one.item() == pytest.approx(Trace_ELBO().loss(vae.model, vae.guide, x),
                                            rel=1e-5)
+
+
+def test_kl_against_the_standard_normal_prior_is_the_general_normal_formula():
+    """The normal prior's own KL (a short closed form) equals torch's general normal-normal
+    KL against N(0, 1), value and gradients, through the Independent and expand wrappers
+    that the VAE's model puts around it."""
+    from torch.distributions import Independent, Normal, kl_divergence
+
+    from ppl_vae.priors import StandardNormal, UnitNormal
+
+    prior = StandardNormal(Dims(data_dim=4, latent_dim=3, num_data=1))().expand((5,))
+    assert isinstance(prior.base_dist, UnitNormal)
+    general = Independent(Normal(torch.zeros(3), torch.ones(3)), 1).expand((5,))
+    loc = torch.randn(5, 3, requires_grad=True)
+    scale = (torch.rand(5, 3) + 0.1).requires_grad_()
+    q = Independent(Normal(loc, scale), 1)
+    ours, theirs = kl_divergence(q, prior), kl_divergence(q, general)
+    torch.testing.assert_close(ours, theirs)
+    for a, b in zip(torch.autograd.grad(ours.sum(), [loc, scale]),
+                    torch.autograd.grad(theirs.sum(), [loc, scale]), strict=True):
+        torch.testing.assert_close(a, b)
+    # The closed form by hand: (s^2 + m^2 - 1) / 2 - log s, summed over coordinates.
+    by_hand = (0.5 * (scale**2 + loc**2 - 1) - scale.log()).sum(-1)
+    torch.testing.assert_close(ours, by_hand)
+
+
+def test_bernoulli_likelihood_scores_as_pyros_bernoulli():
+    import pyro.distributions as dist
+
+    from ppl_vae.likelihoods import Bernoulli
+
+    likelihood = Bernoulli(Dims(data_dim=6, latent_dim=2, num_data=1))
+    logits = torch.randn(4, 6, requires_grad=True)
+    x = torch.bernoulli(torch.full((4, 6), 0.3))
+    ours = likelihood(logits)
+    reference = dist.Bernoulli(logits=logits).to_event(1)
+    torch.testing.assert_close(ours.log_prob(x), reference.log_prob(x))
+    torch.testing.assert_close(torch.autograd.grad(ours.log_prob(x).sum(), logits)[0],
+                               torch.autograd.grad(reference.log_prob(x).sum(), logits)[0])
+    expanded = ours.expand((3, 4))  # the shape Pyro gives it under vectorized particles
+    assert type(expanded) is type(ours) and expanded.batch_shape == (3, 4)
+    torch.testing.assert_close(expanded.log_prob(x), reference.log_prob(x).expand(3, 4))
+    assert ours.event_shape == (6,) and torch.allclose(ours.mean, torch.sigmoid(logits))
