@@ -2,6 +2,7 @@
 
     ppl-vae bench svi           # VAE training steps/s: the Pyro trainer vs plain PyTorch
     ppl-vae bench eval          # log p(x) by importance sampling: points x samples per second
+    ppl-vae bench parts         # each part of a step the trainer speeds up, vs its usual form
     ppl-vae bench gmm           # EM: ours vs scikit-learn, time and log-likelihood
     ppl-vae bench gmm-memory    # peak memory added by fitting 2,000,000 x 8, K=16
     ppl-vae bench all           # every benchmark
@@ -363,6 +364,106 @@ def bench_svi(args):
     return rows
 
 
+# ------------------------------------------------------------------------------ parts
+
+
+def _parts(device, quick):
+    """(name, the usual form, ours) for each part of a training step the trainer makes
+    faster; both forms compute the same thing (the tests check each pair)."""
+    import pyro.distributions as dist
+    import torch
+    from torch.distributions import kl_divergence
+
+    from ppl_vae.data import binarize
+    from ppl_vae.likelihoods import IndependentBernoulli
+    from ppl_vae.objectives import make_objective
+    from ppl_vae.priors import UnitNormal
+    from ppl_vae.train import adam
+    from ppl_vae.vae import Dims, build_vae
+
+    b, d, latent = (16, 64, 4) if quick else (128, 784, 16)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(b, d, generator=gen).to(device)
+    vae = build_vae(Dims(data_dim=d, latent_dim=latent, num_data=30 * b), hidden=(256, 256))
+    vae.to(device)
+
+    def adam_step(optimizer):
+        def step():
+            for p in vae.parameters():
+                p.grad = torch.ones_like(p)
+            optimizer.step()
+        return step
+
+    loc = torch.randn(b, latent, device=device, requires_grad=True)
+    scale = torch.rand(b, latent, device=device).add(0.1).requires_grad_()
+    zeros, ones = torch.zeros(latent, device=device), torch.ones(latent, device=device)
+
+    def kl(prior_type):
+        def call():
+            q = dist.Normal(loc, scale).to_event(1)
+            prior = prior_type(zeros, ones).to_event(1).expand((b,))
+            kl_divergence(q, prior).sum().backward()
+        return call
+
+    logits = torch.randn(b, d, device=device, requires_grad=True)
+    target = binarize(x)
+
+    def bernoulli(make):
+        return lambda: make(logits).log_prob(target).sum().backward()
+
+    idx = torch.arange(b, device=device)
+    objective = make_objective("meanfield", jit=True)
+
+    def model(x, idx, batch_size):
+        return vae.model(x, None, idx)
+
+    def guide(x, idx, batch_size):
+        return vae.guide(x, None, idx)
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated", DeprecationWarning)
+        objective.differentiable_loss(model, guide, x, idx, batch_size=b)  # compiles
+    return [
+        (f"binarise {b} x {d}", lambda: torch.bernoulli(x), lambda: binarize(x)),
+        (f"Adam step, MLP {d}-256-256-{latent}",
+         adam_step(torch.optim.Adam(vae.parameters(), lr=1e-3)),
+         adam_step(adam(vae.parameters(), lr=1e-3))),
+        (f"KL(q || N(0, I)) + gradient, {b} x {latent}", kl(dist.Normal), kl(UnitNormal)),
+        (f"Bernoulli log p(x | z) + gradient, {b} x {d}",
+         bernoulli(lambda out: dist.Bernoulli(logits=out).to_event(1)),
+         bernoulli(lambda out: IndependentBernoulli(dist.Bernoulli(logits=out), 1))),
+        (f"compiled ELBO call (Pyro's wrapper vs direct), batch {b}",
+         lambda: objective._compiled_loss(model, guide, x, idx, batch_size=b),
+         lambda: objective.differentiable_loss(model, guide, x, idx, batch_size=b)),
+    ]
+
+
+@benchmark("parts", "each part of a training step the trainer speeds up, against its usual form")
+def bench_parts(args):
+    import torch
+
+    torch.set_num_threads(args.threads)
+    calls = 5 if args.quick else 200
+    repeats = args.repeats or (1 if args.quick else 15)
+    print(f"microseconds per call, median of {repeats} rounds of {calls} calls after a warm-up, "
+          f"interleaved; {args.threads} thread(s), device {args.device}; torch "
+          f"{torch.__version__}, load average {os.getloadavg()[0]:.1f}")
+    print(f"{'part':<58}{'usual us':>10}{'ours us':>10}{'speed-up':>10}{'quartiles':>14}")
+    rows = {}
+    for name, usual, ours in _parts(args.device, args.quick):
+        loops = {"usual": lambda f=usual: [f() for _ in range(calls)],
+                 "ours": lambda f=ours: [f() for _ in range(calls)]}
+        rates = _interleaved(loops, repeats, calls)
+        speedup, q1, q3 = _paired_ratio(rates, "ours", "usual")
+        usual_us, ours_us = (1e6 / statistics.median(rates[k]) for k in ("usual", "ours"))
+        print(f"{name:<58}{usual_us:>10.1f}{ours_us:>10.1f}{speedup:>10.2f}"
+              f"{f'{q1:.2f}-{q3:.2f}':>14}")
+        rows[name] = {"usual_us": usual_us, "ours_us": ours_us, "speedup": speedup,
+                      "speedup_quartiles": [q1, q3], "threads": args.threads}
+    print("(speed-up: calls per second of ours over the usual form's in the same round)")
+    return rows
+
+
 # ------------------------------------------------------------------------------ eval
 
 
@@ -462,7 +563,8 @@ def build_parser(prog=None):
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--iters", type=int, help="EM iterations (gmm; default 10)")
     parser.add_argument("--repeats", type=int,
-                        help="timed rounds, median reported (default: 15 for svi, 5 for eval, 3 for gmm)")
+                        help="timed rounds, median reported (default: 15 for svi and parts, 5 for "
+                             "eval, 3 for gmm)")
     parser.add_argument("--device", default="cpu", help="device for ours (default: cpu)")
     parser.add_argument("--dtypes", default="float32,float64",
                         help="compute dtypes of ours to time (default: float32,float64)")

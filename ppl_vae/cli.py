@@ -198,7 +198,7 @@ def build_parser():
                              "one table")
     commands.add_parser("bench", add_help=False,
                         help="benchmarks against plain PyTorch, Pyro and scikit-learn: "
-                             "svi, eval, gmm, gmm-memory, all")
+                             "svi, eval, parts, gmm, gmm-memory, all")
     return parser
 
 

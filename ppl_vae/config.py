@@ -8,6 +8,7 @@ ignored setting.
 
 import copy
 import json
+import operator
 import tomllib
 from pathlib import Path
 
@@ -63,9 +64,9 @@ CHOICES = {
     ("train", "kl_schedule"): ("constant", "linear", "cyclical"),
 }
 
-# Numeric settings and the open (">") or closed (">=") lower bound each must respect.
-LOWER_BOUNDS = {
-    ("data", "test_fraction"): (">", 0.0),
+# Numeric settings and the bounds each must respect: (">" or ">=", lower[, "<", upper]).
+BOUNDS = {
+    ("data", "test_fraction"): (">", 0.0, "<", 1.0),
     ("model", "latent_dim"): (">=", 1),
     ("model", "beta"): (">", 0.0),  # poutine.scale needs a positive scale
     ("model", "corruption_level"): (">=", 0.0),
@@ -75,6 +76,7 @@ LOWER_BOUNDS = {
     ("train", "lr"): (">", 0.0),
     ("train", "eval_every"): (">=", 1),
 }
+_COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt}
 
 # The model zoo: models/ at the top of the source tree.
 MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
@@ -156,11 +158,10 @@ def _check_type(where, value, default, source):
     if choices and value not in choices:
         raise ConfigError(f"{where!r} in {source} must be one of {', '.join(choices)}; "
                           f"got {value!r}")
-    bound = LOWER_BOUNDS.get(tuple(where.split(".")))
-    if bound and not (value > bound[1] if bound[0] == ">" else value >= bound[1]):
-        raise ConfigError(f"{where!r} in {source} must be {bound[0]} {bound[1]}; got {value!r}")
-    if where == "data.test_fraction" and value >= 1:
-        raise ConfigError(f"{where!r} in {source} must be < 1; got {value!r}")
+    bounds = BOUNDS.get(tuple(where.split(".")), ())
+    for op, limit in zip(bounds[::2], bounds[1::2], strict=True):
+        if not _COMPARE[op](value, limit):
+            raise ConfigError(f"{where!r} in {source} must be {op} {limit}; got {value!r}")
     if isinstance(default, float):
         return float(value)
     if isinstance(default, list):

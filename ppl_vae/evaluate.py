@@ -41,7 +41,7 @@ from ppl_vae.priors import inverse_softplus
 
 # Samples x points per vectorized chunk of log p(x), by device type: it bounds memory
 # whatever K and N are. On a CPU a chunk whose activations stay in cache is fastest: 2,048
-# rows (2 MB per hidden layer of width 256) ran 2.1 times as fast as 32,768 for D = 784
+# rows (2 MB per hidden layer of width 256) ran about twice as fast as 32,768 for D = 784
 # (``ppl-vae bench eval``); a GPU wants large chunks to stay busy (about 40 MB per layer).
 MAX_ROWS = {"cpu": 2**11, "cuda": 2**15}
 # The scale that q* of a guide without a density (the delta guide) starts from.

@@ -20,9 +20,9 @@ from torch.nn.functional import binary_cross_entropy_with_logits, softplus
 class IndependentBernoulli(dist.Independent):
     """``Bernoulli(logits=...).to_event(1)`` whose ``log_prob`` is minus the binary
     cross-entropy summed over the event, negated after the sum: the same number with one
-    operation (and its gradient) on the whole (B, D) batch fewer, about 1% of a batch-128
-    training step of the default VAE on a CPU. Build it with ``reinterpreted_batch_ndims``
-    1 (as :class:`Bernoulli` does)."""
+    operation (and its gradient) on the whole (B, D) batch fewer (``ppl-vae bench parts``
+    times both). Build it with ``reinterpreted_batch_ndims`` 1 (as :class:`Bernoulli`
+    does)."""
 
     def log_prob(self, value):
         logits, value = torch.broadcast_tensors(self.base_dist.logits, value)

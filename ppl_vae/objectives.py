@@ -90,15 +90,10 @@ class _GraphReplay:
 
     ``pyro.ops.jit.trace`` compiles one graph per model, guide and set of keyword
     arguments, and at every later call wraps it in two poutine handlers and looks each
-    parameter up with ``pyro.param`` (an effectful call): about 0.3 ms of Python per step,
-    4% of a batch-128 step of the default VAE on a CPU. The graph itself runs no Python
+    parameter up with ``pyro.param`` (an effectful call). The graph itself runs no Python
     (no ``pyro.param``, no sample statements), so here, once Pyro has compiled a graph,
     it is called directly with the param store's unconstrained tensors, in the order Pyro
-    traced them.
-
-    On the CPU the graph runs with TorchScript's optimizing executor off: the executor's
-    autodiff subgraphs made the backward pass about 8% slower than the autograd of the
-    same operations (``scripts/bench.py svi``). On CUDA its default is kept.
+    traced them (``ppl-vae bench parts`` times both calls).
     """
 
     def __init__(self):
@@ -125,8 +120,7 @@ class _GraphReplay:
             return result
         graph, names = entry
         params = dict(pyro.get_param_store().named_parameters())
-        with torch.jit.optimized_execution(args[0].device.type != "cpu"):
-            return graph(*(params[name] for name in names), *args)
+        return graph(*(params[name] for name in names), *args)
 
 
 class CachedJitTraceMeanField_ELBO(JitTraceMeanField_ELBO):

@@ -105,13 +105,16 @@ def test_bench_quick_runs_on_cuda(capsys):
     assert "device cuda" in capsys.readouterr().out
 
 
-def test_bench_eval_and_svi_quick_report_every_loop(capsys):
+def test_bench_eval_parts_and_svi_quick_report_every_loop(capsys):
     rows = bench.bench_eval(quick("eval"))
     assert {row["num_samples"] for row in rows.values()} == {10, 100}
     ours = [row for label, row in rows.items() if "ppl-vae log_likelihood" in label]
     assert len(ours) == 2 and all(row["ratio"] == 1.0 for row in ours)  # against itself
     estimates = [row["mean_log_px"] for row in rows.values() if row["num_samples"] == 100]
     assert max(estimates) - min(estimates) < 1.0  # the same quantity, up to Monte Carlo
+    rows = bench.bench_parts(quick("parts"))
+    assert len(rows) == 5 and all(row["usual_us"] > 0 and row["ours_us"] > 0
+                                  for row in rows.values())
     rows = bench.bench_svi(quick("svi"))
     assert len(rows) == 2 * (2 + len(bench.SVI_VARIANTS))
     assert all(row["steps_per_s"] > 0 for row in rows.values())

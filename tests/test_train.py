@@ -277,3 +277,23 @@ def test_eval_every_skips_test_scoring_without_changing_training(tmp_path):
     assert (tmp_path / "sparse" / "elbo.png").stat().st_size > 1000
     with pytest.raises(Exception, match="'train.eval_every' in the command line must be >= 1"):
         small_config(5, **{"train.eval_every": 0})
+
+
+def test_fused_adam_takes_the_steps_of_torchs_default_adam():
+    from ppl_vae.train import adam
+
+    torch.manual_seed(0)
+    start = [torch.randn(5, 3), torch.randn(3)]
+    runs, fused = [], []
+    for make in (adam, lambda params, lr: torch.optim.Adam(params, lr=lr)):
+        params = [p.clone().requires_grad_() for p in start]
+        optimizer = make(params, lr=0.1)
+        fused.append(optimizer.defaults["fused"])
+        for step in range(5):
+            for p in params:
+                p.grad = torch.sin(p.detach() + step)
+            optimizer.step()
+        runs.append(params)
+    assert fused == [True, None]  # on a CPU with float32 the fused kernel is taken
+    for a, b in zip(*runs, strict=True):
+        torch.testing.assert_close(a, b)

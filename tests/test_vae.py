@@ -42,8 +42,7 @@ def test_svi_lowers_the_loss():
 @pytest.mark.parametrize("name", ["meanfield", "elbo"])
 def test_jit_objective_equals_the_eager_one(name, device):
     """The compiled graph draws the same random numbers and computes the same loss and
-    gradients as Pyro's eager objective at the same parameters (on a CPU the graph runs
-    unoptimized, on CUDA with TorchScript's default executor)."""
+    gradients as Pyro's eager objective at the same parameters."""
     dims = Dims(data_dim=16, latent_dim=2, num_data=40)
     vae = build_vae(dims, hidden=(8,)).to(device)
     x = torch.bernoulli(torch.full((8, 16), 0.4)).to(device)
