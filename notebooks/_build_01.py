@@ -77,10 +77,10 @@ import torch.nn.functional as F
 from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 
-from ppl_vae import plots
+from ppl_vae.evaluation import plots
 from ppl_vae.data import binarize, load_dataset
-from ppl_vae.evaluate import evaluate_elbo
-from ppl_vae.likelihoods import Bernoulli, UnitGaussian
+from ppl_vae.evaluation.likelihood import evaluate_elbo
+from ppl_vae.parts.likelihoods import Bernoulli, UnitGaussian
 from ppl_vae.vae import VAE, Dims, build_vae
 
 plt.rcParams.update({"figure.dpi": 72})  # keeps the saved notebook small
@@ -511,11 +511,11 @@ Everything above, the data, the binarisation, the model, the objective and the t
 is what `ppl-vae train` runs. Its defaults come from `models/vae.toml` (an 8-dimensional latent
 space, 200 epochs); `--latent-dim 2` gives the VAE trained above: the same data, model, objective,
 optimizer, batch size and seed. The cell below runs the command in a temporary folder with this
-kernel's Python (`python -m ppl_vae.cli` is the `ppl-vae` command) and compares its last epoch
+kernel's Python (`python -m ppl_vae.commands` is the `ppl-vae` command) and compares its last epoch
 with the notebook's.
 """),
     ("code", r"""
-command = [sys.executable, "-m", "ppl_vae.cli", "train", "--latent-dim", "2", "--quiet"]
+command = [sys.executable, "-m", "ppl_vae.commands", "train", "--latent-dim", "2", "--quiet"]
 if QUICK:
     command += ["--epochs", str(EPOCHS)]
 print("$ ppl-vae " + " ".join(command[3:]))

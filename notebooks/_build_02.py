@@ -72,10 +72,11 @@ import pandas as pd
 import torch
 from IPython.display import display
 
-from ppl_vae import plots, registry
+from ppl_vae import registry
+from ppl_vae.evaluation import plots
 from ppl_vae.config import load_config
-from ppl_vae.evaluate import evaluate_elbo, inference_gaps, log_likelihood
-from ppl_vae.train import Trainer
+from ppl_vae.evaluation.likelihood import evaluate_elbo, inference_gaps, log_likelihood
+from ppl_vae.inference.loop import Trainer
 
 torch.set_num_threads(1)  # small nets: on shared cores more threads only add contention
 plt.rcParams.update({"figure.dpi": 72})  # keeps the saved notebook small
@@ -129,7 +130,7 @@ print(f"{len(x_test)} held-out digits, the same for every model")
 """),
     ("markdown", r"""
 The ELBO printed there is the trainer's own, per epoch. Every number from here on is
-computed by the functions of `ppl_vae.evaluate`, from Pyro traces of each model's own
+computed by the functions of `ppl_vae.evaluation.likelihood`, from Pyro traces of each model's own
 `model` and `guide`.
 
 ## 2. What each prior learned

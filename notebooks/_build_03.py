@@ -65,8 +65,8 @@ import numpy as np
 import torch
 from IPython.display import Markdown, display
 
-from ppl_vae import compare
-from ppl_vae.evaluate import evaluate_elbo
+from ppl_vae.evaluation import compare
+from ppl_vae.evaluation.likelihood import evaluate_elbo
 from ppl_vae.mixture.arviz_export import align_components
 from ppl_vae.mixture.plots import plot_ellipses
 

@@ -75,13 +75,15 @@ import pyro
 import torch
 from sklearn.linear_model import LogisticRegression
 
-from ppl_vae import plots, shapes
+from ppl_vae.evaluation import plots
+from ppl_vae.data import shapes
 from ppl_vae.config import load_config
-from ppl_vae.disentanglement import factor_vae_score, latent_traversals, mig
-from ppl_vae.evaluate import elbo_terms, kl_decomposition, log_likelihood
-from ppl_vae.objectives import KLSchedule
-from ppl_vae.penalties import PenalizedELBO, TotalCorrelation
-from ppl_vae.train import Trainer
+from ppl_vae.evaluation.disentanglement import factor_vae_score, latent_traversals, mig
+from ppl_vae.evaluation.aggregate import kl_decomposition
+from ppl_vae.evaluation.likelihood import elbo_terms, log_likelihood
+from ppl_vae.inference.schedules import KLSchedule
+from ppl_vae.inference.penalties import PenalizedELBO, TotalCorrelation
+from ppl_vae.inference.loop import Trainer
 from ppl_vae.vae import VAE
 
 plt.rcParams.update({"figure.dpi": 72})  # keeps the saved notebook small
@@ -208,7 +210,7 @@ plt.show()
     ("markdown", r"""
 ## 3. Disentangling on shapes with known factors
 
-`ppl_vae.shapes` draws dSprites-like images from five independent factors: shape (3 values),
+`ppl_vae.data.shapes` draws dSprites-like images from five independent factors: shape (3 values),
 scale (6), rotation (40), horizontal and vertical position (32 each). A representation is
 *disentangled* when each factor is captured by one latent coordinate and by no other.
 """),

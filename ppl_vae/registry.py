@@ -6,10 +6,10 @@ Adding a part is one class plus one line here; the parametrized tests in
 
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from ppl_vae import guides, likelihoods, nets, priors
 from ppl_vae.errors import ConfigError
-from ppl_vae.objectives import IWAE
-from ppl_vae.penalties import DIPVAE, DIPVAEII, FactorVAE, TotalCorrelation
+from ppl_vae.inference.objectives import IWAE
+from ppl_vae.inference.penalties import DIPVAE, DIPVAEII, FactorVAE, TotalCorrelation
+from ppl_vae.parts import corruptions, guides, likelihoods, nets, priors
 
 PRIORS = {
     "normal": priors.StandardNormal,
@@ -48,10 +48,10 @@ DECODERS = {
 }
 
 CORRUPTIONS = {  # of the guide's input while training: the denoising VAE
-    "none": guides.NoCorruption,
-    "gaussian": guides.GaussianCorruption,
-    "salt-pepper": guides.SaltAndPepperCorruption,
-    "mask": guides.MaskCorruption,
+    "none": corruptions.NoCorruption,
+    "gaussian": corruptions.GaussianCorruption,
+    "salt-pepper": corruptions.SaltAndPepperCorruption,
+    "mask": corruptions.MaskCorruption,
 }
 
 OBJECTIVES = {

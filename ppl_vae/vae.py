@@ -77,7 +77,7 @@ class VAE(nn.Module):
     corruption : nn.Module, optional
         Applied to the guide's input x while training (``self.training``), never to the
         data the model scores: the denoising VAE (Im et al. 2017), see
-        ``ppl_vae.guides.Corruption``. None leaves the input as it is.
+        ``ppl_vae.parts.corruptions.Corruption``. None leaves the input as it is.
     """
 
     def __init__(self, dims, prior, posterior, likelihood, decoder, *, beta=1.0,

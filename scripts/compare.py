@@ -6,7 +6,7 @@ each method is and how it is scored.
 
 import sys
 
-from ppl_vae.compare import main
+from ppl_vae.evaluation.compare import main
 
 if __name__ == "__main__":
     sys.exit(main(prog="compare.py"))

@@ -6,7 +6,7 @@
 
 A variant is a model file: a name in models/ (``shapes_vae``, ``beta_vae``, ``beta_tcvae``,
 ``factor_vae``, ``dip_vae``, ``joint_vae``, or any other) or a path to a TOML file. All
-variants train on the same dSprites-like shapes (:mod:`ppl_vae.shapes`) with the same nets
+variants train on the same dSprites-like shapes (:mod:`ppl_vae.data.shapes`) with the same nets
 and budget: the flags replace each file's data, latent size, hidden widths, epochs, batch
 size, learning rate and seed, and keep what makes the variant (its parts, beta, objective
 and weights).
@@ -36,12 +36,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from ppl_vae import shapes  # noqa: E402
 from ppl_vae.config import load_config  # noqa: E402
-from ppl_vae.disentanglement import factor_vae_score, latent_traversals, mig  # noqa: E402
+from ppl_vae.data import shapes  # noqa: E402
 from ppl_vae.errors import PplVaeError  # noqa: E402
-from ppl_vae.evaluate import active_units, kl_decomposition  # noqa: E402
-from ppl_vae.train import Trainer  # noqa: E402
+from ppl_vae.evaluation.aggregate import kl_decomposition  # noqa: E402
+from ppl_vae.evaluation.disentanglement import factor_vae_score, latent_traversals, mig  # noqa: E402
+from ppl_vae.evaluation.likelihood import active_units  # noqa: E402
+from ppl_vae.inference.loop import Trainer  # noqa: E402
 
 DEFAULT_VARIANTS = ("shapes_vae", "beta_vae", "beta_tcvae", "factor_vae", "dip_vae",
                     "joint_vae")
@@ -217,6 +218,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from ppl_vae.cli import run
+    from ppl_vae.commands import run
 
     sys.exit(run(main))

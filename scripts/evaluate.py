@@ -7,7 +7,7 @@ K = 5000, active units and the inference gaps, as eval.md and eval.csv in the ru
 
 import sys
 
-from ppl_vae.cli import eval_main
+from ppl_vae.commands import eval_main
 
 if __name__ == "__main__":
     sys.exit(eval_main())

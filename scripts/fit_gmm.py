@@ -1,6 +1,6 @@
-"""Fit a Gaussian mixture by EM, CAVI, Pyro SVI or NUTS; see ppl_vae.mixture.cli."""
+"""Fit a Gaussian mixture by EM, CAVI, Pyro SVI or NUTS; see ppl_vae.commands.gmm."""
 import sys
 
-from ppl_vae.mixture.cli import main
+from ppl_vae.commands.gmm import main
 
 sys.exit(main(prog="fit_gmm.py"))

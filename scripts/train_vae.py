@@ -5,7 +5,7 @@ The same as ``ppl-vae train``; ``--help`` lists the flags.
 
 import sys
 
-from ppl_vae.cli import train_main
+from ppl_vae.commands import train_main
 
 if __name__ == "__main__":
     sys.exit(train_main())

@@ -22,15 +22,15 @@ import torch
 from ppl_vae.config import MODELS_DIR, load_config
 from ppl_vae.data import binarize
 from ppl_vae.device import resolve_device
-from ppl_vae.evaluate import log_likelihood
-from ppl_vae.report import (
+from ppl_vae.evaluation.likelihood import log_likelihood
+from ppl_vae.evaluation.report import (
     evaluate_run,
     markdown_table,
     paired_differences,
     paired_table,
     write_table,
 )
-from ppl_vae.train import CHECKPOINT, Trainer
+from ppl_vae.inference.loop import CHECKPOINT, Trainer
 
 
 def parse_args(argv):
@@ -111,6 +111,6 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    from ppl_vae.cli import run
+    from ppl_vae.commands import run
 
     sys.exit(run(main))

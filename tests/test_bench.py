@@ -1,4 +1,4 @@
-"""ppl_vae.bench (``ppl-vae bench``, ``scripts/bench.py``): the alternatives it times
+"""ppl_vae.commands.bench (``ppl-vae bench``, ``scripts/bench.py``): the alternatives it times
 compute what they claim, and the quick modes run. Nothing here times anything."""
 
 import math
@@ -6,10 +6,10 @@ import math
 import pytest
 import torch
 
-from ppl_vae import bench
-from ppl_vae.cli import main as cli_main
-from ppl_vae.evaluate import log_likelihood
-from ppl_vae.objectives import make_objective
+from ppl_vae.build import make_objective
+from ppl_vae.commands import bench
+from ppl_vae.commands import main as cli_main
+from ppl_vae.evaluation.likelihood import log_likelihood
 from ppl_vae.vae import Dims, build_vae
 
 

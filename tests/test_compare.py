@@ -1,4 +1,5 @@
-"""The comparison of EM, mean-field VI and amortized VI (ppl_vae.compare, ppl-vae compare).
+"""The comparison of EM, mean-field VI and amortized VI (ppl_vae.evaluation.compare,
+ppl-vae compare).
 
 Oracles: scikit-learn's GaussianMixture scoring our EM parameters, the parameters that
 generated the blobs, NUTS as the reference posterior for CAVI, and the exact Gaussian
@@ -15,14 +16,15 @@ import pytest
 import torch
 from sklearn.mixture import GaussianMixture as SkGaussianMixture
 
-from ppl_vae import cli, compare
-from ppl_vae.evaluate import log_likelihood
+from ppl_vae import commands
+from ppl_vae.evaluation import compare
+from ppl_vae.evaluation.likelihood import log_likelihood
 from ppl_vae.mixture import GaussianMixture
 from ppl_vae.mixture.arviz_export import align_components
 from ppl_vae.vae import Dims, build_vae
 
 ROOT = Path(__file__).resolve().parent.parent
-# The parameters of ppl_vae.mixture.cli.make_blobs, which generates compare's "blobs".
+# The parameters of ppl_vae.commands.gmm.make_blobs, which generates compare's "blobs".
 BLOBS_MEANS = np.array([[0.0, 0.0], [5.0, 4.0], [-4.0, 5.0]])
 # Means recovered from 1,200 points: each component's sample mean is off by about
 # sd / sqrt(n_k) <= 1.5 / sqrt(240) ~ 0.1 per coordinate; 0.25 is 2.5 of those.
@@ -37,7 +39,7 @@ def _read_csv(path):
 
 def test_quick_run_writes_one_table_and_scores_em_exactly(tmp_path, capsys):
     out = tmp_path / "compare"
-    status = cli.main(["compare", "--quick", "--data", "blobs", "--out", str(out)])
+    status = commands.main(["compare", "--quick", "--data", "blobs", "--out", str(out)])
     assert status == 0
     for name in ("compare.md", "compare.csv", "posterior_summary.csv", "forest.png",
                  "objectives.png", "ellipses.png"):
@@ -138,7 +140,7 @@ def test_a_linear_decoder_vae_is_the_gaussian_mixture_it_implies():
     (["--pca-dims", "65"], "--pca-dims must be between 1 and 64; got 65"),
 ])
 def test_user_errors_are_one_line_and_exit_2(argv, message, tmp_path, capsys):
-    assert cli.main(["compare", *argv, "--out", str(tmp_path / "out")]) == 2
+    assert commands.main(["compare", *argv, "--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and err.count("\n") == 1
     assert not (tmp_path / "out").exists()

@@ -16,8 +16,8 @@ from ppl_vae.data import (
     check_data,
     load_dataset,
 )
+from ppl_vae.data.ppca import make_ppca
 from ppl_vae.errors import DataError
-from ppl_vae.ppca import make_ppca
 
 IDX_STEMS = (
     "train-images-idx3-ubyte",

@@ -9,8 +9,8 @@ import torch
 from scipy.stats import entropy
 from sklearn.metrics import mutual_info_score
 
-from ppl_vae import shapes
-from ppl_vae.disentanglement import (
+from ppl_vae.data import shapes
+from ppl_vae.evaluation.disentanglement import (
     discretize,
     factor_entropies,
     factor_vae_score,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ppl_vae.checkpoint import load_checkpoint
+from ppl_vae.inference.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["--guide", "delta", "--binarize", "static", "--hidden", "32", "--latent-dim", "2",

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from ppl_vae import registry
-from ppl_vae.cli import main as cli_main
+from ppl_vae.build import make_objective
+from ppl_vae.commands import main as cli_main
 from ppl_vae.config import load_config
+from ppl_vae.data.ppca import make_ppca, ppca_log_likelihood
 from ppl_vae.errors import ConfigError
-from ppl_vae.evaluate import (
+from ppl_vae.evaluation.likelihood import (
     active_units,
     elbo_terms,
     fit_optimal_posterior,
@@ -23,10 +25,8 @@ from ppl_vae.evaluate import (
     log_likelihood,
     monte_carlo_elbo,
 )
-from ppl_vae.objectives import make_objective
-from ppl_vae.ppca import make_ppca, ppca_log_likelihood
-from ppl_vae.report import COLUMNS, evaluate_run, paired_differences, paired_table
-from ppl_vae.train import Trainer
+from ppl_vae.evaluation.report import COLUMNS, evaluate_run, paired_differences, paired_table
+from ppl_vae.inference.loop import Trainer
 from ppl_vae.vae import Dims, build_vae
 
 DIMS = Dims(data_dim=12, latent_dim=3, num_data=30)

@@ -10,7 +10,7 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from ppl_vae.mixture.cli import load_data, main
+from ppl_vae.commands.gmm import load_data, main
 
 ROOT = Path(__file__).resolve().parents[1]
 

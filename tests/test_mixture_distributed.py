@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from ppl_vae import distributed
+from ppl_vae.commands.gmm import main
 from ppl_vae.mixture import BayesianGaussianMixture, DegenerateDataWarning, GaussianMixture
-from ppl_vae.mixture.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"em": GaussianMixture, "cavi": BayesianGaussianMixture}

@@ -15,9 +15,9 @@ from torch.distributions import kl_divergence
 from torch.nn.functional import binary_cross_entropy_with_logits
 
 from ppl_vae import registry
+from ppl_vae.build import make_objective
 from ppl_vae.errors import ConfigError
-from ppl_vae.evaluate import elbo_terms
-from ppl_vae.objectives import make_objective
+from ppl_vae.evaluation.likelihood import elbo_terms
 from ppl_vae.vae import Dims, build_vae
 
 DIMS = Dims(data_dim=64, latent_dim=3, num_data=40, image_shape=(8, 8))

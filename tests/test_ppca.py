@@ -12,10 +12,10 @@ import torch
 from scipy.stats import multivariate_normal
 from sklearn.decomposition import PCA
 
+from ppl_vae.build import make_objective
+from ppl_vae.data.ppca import make_ppca, ppca_log_likelihood, ppca_mle
 from ppl_vae.errors import DataError
-from ppl_vae.evaluate import elbo_terms
-from ppl_vae.objectives import make_objective
-from ppl_vae.ppca import make_ppca, ppca_log_likelihood, ppca_mle
+from ppl_vae.evaluation.likelihood import elbo_terms
 from ppl_vae.vae import Dims, build_vae
 
 

@@ -15,9 +15,9 @@ import torch
 from pyro.infer import RenyiELBO, Trace_ELBO
 
 from ppl_vae import registry
+from ppl_vae.build import make_objective
 from ppl_vae.errors import ConfigError
-from ppl_vae.evaluate import elbo_terms
-from ppl_vae.objectives import make_objective
+from ppl_vae.evaluation.likelihood import elbo_terms
 from ppl_vae.vae import Dims, build_vae
 
 DIMS = Dims(data_dim=12, latent_dim=3, num_data=30)
@@ -365,7 +365,7 @@ def test_kl_against_the_standard_normal_prior_is_the_general_normal_formula():
     that the VAE's model puts around it."""
     from torch.distributions import Independent, Normal, kl_divergence
 
-    from ppl_vae.priors import StandardNormal, UnitNormal
+    from ppl_vae.parts.priors import StandardNormal, UnitNormal
 
     prior = StandardNormal(Dims(data_dim=4, latent_dim=3, num_data=1))().expand((5,))
     assert isinstance(prior.base_dist, UnitNormal)
@@ -386,7 +386,7 @@ def test_kl_against_the_standard_normal_prior_is_the_general_normal_formula():
 def test_bernoulli_likelihood_scores_as_pyros_bernoulli():
     import pyro.distributions as dist
 
-    from ppl_vae.likelihoods import Bernoulli
+    from ppl_vae.parts.likelihoods import Bernoulli
 
     likelihood = Bernoulli(Dims(data_dim=6, latent_dim=2, num_data=1))
     logits = torch.randn(4, 6, requires_grad=True)

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from ppl_vae import shapes
+from ppl_vae.data import shapes
 
 SQUARE, ELLIPSE, HEART = range(3)
 CENTRE = 15  # pos index whose centre lies on a pixel centre at 64x64 (column 31.5)

@@ -10,10 +10,14 @@ import pyro.distributions as dist
 import pytest
 import torch
 
+from ppl_vae.build import make_objective
 from ppl_vae.errors import ConfigError
-from ppl_vae.evaluate import kl_decomposition
-from ppl_vae.objectives import make_objective
-from ppl_vae.penalties import kl_decomposition_terms, log_importance_weights, total_correlation
+from ppl_vae.evaluation.aggregate import (
+    kl_decomposition,
+    kl_decomposition_terms,
+    log_importance_weights,
+    total_correlation,
+)
 from ppl_vae.vae import Dims, build_vae
 
 STANDARD_NORMAL = dist.Normal(torch.zeros(2), 1.0).to_event(1)

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from ppl_vae.checkpoint import load_checkpoint, save_checkpoint
-from ppl_vae.cli import main
+from ppl_vae.commands import main
 from ppl_vae.config import MODELS_DIR, load_config
 from ppl_vae.errors import CheckpointError, TrainingDiverged
-from ppl_vae.evaluate import evaluate_elbo
-from ppl_vae.train import Trainer
+from ppl_vae.evaluation.likelihood import evaluate_elbo
+from ppl_vae.inference.checkpoint import load_checkpoint, save_checkpoint
+from ppl_vae.inference.loop import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"model.hidden": [32], "model.latent_dim": 2, "train.batch_size": 256}
@@ -280,7 +280,7 @@ def test_eval_every_skips_test_scoring_without_changing_training(tmp_path):
 
 
 def test_fused_adam_takes_the_steps_of_torchs_default_adam():
-    from ppl_vae.train import adam
+    from ppl_vae.inference.loop import adam
 
     torch.manual_seed(0)
     start = [torch.randn(5, 3), torch.randn(3)]

@@ -5,8 +5,8 @@ import pytest
 import torch
 from pyro.infer import SVI, TraceMeanField_ELBO
 
+from ppl_vae.build import make_objective
 from ppl_vae.errors import ConfigError
-from ppl_vae.objectives import make_objective
 from ppl_vae.vae import Dims, build_vae
 
 

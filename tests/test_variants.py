@@ -15,15 +15,20 @@ import torch
 from pyro.infer import TraceMeanField_ELBO
 from sklearn.linear_model import LogisticRegression
 
-from ppl_vae import plots
+from ppl_vae.build import make_objective
 from ppl_vae.config import load_config
 from ppl_vae.errors import ConfigError
-from ppl_vae.evaluate import elbo_terms, log_likelihood
-from ppl_vae.guides import GaussianCorruption, MaskCorruption, SaltAndPepperCorruption
-from ppl_vae.objectives import KLSchedule, make_objective
-from ppl_vae.penalties import DIPVAE, DIPVAEII
-from ppl_vae.priors import JointLatent
-from ppl_vae.train import Trainer
+from ppl_vae.evaluation import plots
+from ppl_vae.evaluation.likelihood import elbo_terms, log_likelihood
+from ppl_vae.inference.loop import Trainer
+from ppl_vae.inference.penalties import DIPVAE, DIPVAEII
+from ppl_vae.inference.schedules import KLSchedule
+from ppl_vae.parts.corruptions import (
+    GaussianCorruption,
+    MaskCorruption,
+    SaltAndPepperCorruption,
+)
+from ppl_vae.parts.priors import JointLatent
 from ppl_vae.vae import Dims, build_vae
 
 pytestmark = pytest.mark.filterwarnings(

@@ -3,7 +3,7 @@ markdown and CSV, for one run folder (``ppl-vae eval RUN_DIR``) or for the model
 (``scripts/zoo_results.py``).
 
 All numbers are nats per example on held-out data, higher is better for the bounds;
-see :mod:`ppl_vae.evaluate` for what each one is.
+see :mod:`ppl_vae.evaluation.likelihood` for what each one is.
 """
 
 import csv
@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from ppl_vae.data import binarize
-from ppl_vae.evaluate import (
+from ppl_vae.evaluation.likelihood import (
     active_units,
     evaluate_elbo,
     fit_optimal_posterior,
@@ -123,7 +123,7 @@ def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, de
     row : dict
     paths : list of Path
     """
-    from ppl_vae.train import Trainer
+    from ppl_vae.inference.loop import Trainer
 
     trainer = Trainer.resume(run_dir, overrides={"train.device": device}, progress=False)
     x_train = trainer.x_train[:gap_points]

@@ -1,6 +1,6 @@
 """Disentanglement metrics against known generative factors, and latent traversals.
 
-Given data drawn from discrete factors ``v_1..v_K`` (e.g. :mod:`ppl_vae.shapes`) and a
+Given data drawn from discrete factors ``v_1..v_K`` (e.g. :mod:`ppl_vae.data.shapes`) and a
 representation ``z = (z_1..z_L)`` of each example (usually the posterior mean E_q[z | x]):
 
 * **Mutual Information Gap** (Chen et al., 2018, "Isolating Sources of Disentanglement
@@ -289,7 +289,7 @@ def factor_vae_score(
         Called under ``torch.no_grad()`` on chunks of at most a few thousand examples.
     sample_factors : callable
         ``sample_factors(n, generator)`` draws ``n`` independent factor settings,
-        LongTensor ``(n, K)``, e.g. :func:`ppl_vae.shapes.sample_factors`.
+        LongTensor ``(n, K)``, e.g. :func:`ppl_vae.data.shapes.sample_factors`.
     observe : callable
         Factor settings ``(n, K)`` to examples ``(n, D)``, e.g.
         ``functools.partial(shapes.render, image_size=32)``. Examples go to ``encode``
@@ -368,7 +368,7 @@ def latent_traversals(decode, z0, image_shape, *, values=None, dims=None):
         One row per swept code, labelled ``z[j]``, one column per value.
     """
     # Imported here so that the metrics need no matplotlib.
-    from ppl_vae.plots import image_grid
+    from ppl_vae.evaluation.plots import image_grid
 
     z0 = torch.as_tensor(z0).detach()
     values = torch.linspace(-3, 3, 9) if values is None else torch.as_tensor(values)

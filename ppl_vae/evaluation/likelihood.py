@@ -21,10 +21,10 @@ Beyond the ELBO:
 - :func:`inference_gaps`: log p(x) - ELBO(q) split into the approximation gap
   log p(x) - ELBO(q*) and the amortization gap ELBO(q*) - ELBO(q) (Cremer, Li & Duvenaud
   2018), q* being each point's optimal member of the guide's family;
-- :func:`kl_decomposition`: the KL term split into index-code mutual information, total
-  correlation and dimension-wise KL (Chen et al. 2018);
+- :func:`ppl_vae.evaluation.aggregate.kl_decomposition`: the KL term split into index-code
+  mutual information, total correlation and dimension-wise KL (Chen et al. 2018);
 
-:mod:`ppl_vae.report` puts them together as one row of a results table.
+:mod:`ppl_vae.evaluation.report` puts them together as one row of a results table.
 """
 
 import math
@@ -34,10 +34,9 @@ from pyro import poutine
 from torch.distributions import kl_divergence
 
 from ppl_vae.errors import ConfigError
-from ppl_vae.guides import diagonal_normal
-from ppl_vae.local import fit_local
-from ppl_vae.penalties import kl_decomposition_terms
-from ppl_vae.priors import inverse_softplus
+from ppl_vae.parts.guides import diagonal_normal
+from ppl_vae.parts.local import fit_local
+from ppl_vae.parts.priors import inverse_softplus
 
 # Samples x points per vectorized chunk of log p(x), by device type: it bounds memory
 # whatever K and N are. On a CPU a chunk whose activations stay in cache is fastest: 2,048
@@ -142,7 +141,7 @@ def fit_optimal_posterior(vae, x, y=None, *, idx=None, steps=300, lr=0.05, num_s
 
     Starting from the guide's local parameters for the point (the encoder's output, the
     refined output of the semi-amortized guide, the table row or the fit of the
-    per-datapoint guide), with the model fixed (:func:`ppl_vae.local.fit_local`). For the
+    per-datapoint guide), with the model fixed (:func:`ppl_vae.parts.local.fit_local`). For the
     diagonal guide q* is the per-datapoint diagonal normal of Cremer et al. (2018). A guide
     without a density (the delta guide) gets a diagonal normal centred at its point, scale
     ``DELTA_PROPOSAL_SCALE`` to start.
@@ -305,34 +304,3 @@ def _batches(n, size):
 
 def _rows(t, rows):
     return None if t is None else t[rows]
-
-
-@torch.no_grad()
-def kl_decomposition(vae, x, y=None):
-    """The ELBO's KL term, averaged over the rows of ``x``, split into three parts (Chen
-    et al. 2018, "Isolating Sources of Disentanglement in VAEs"):
-
-        E_x KL(q(z | x) || p(z)) = I(x; z) + TC + sum_l KL(q(z_l) || p(z_l)),
-
-    the index-code mutual information, the total correlation and the dimension-wise KL of
-    the aggregate posterior q(z) = 1/N sum_n q(z | x_n) of the N rows, computed exactly over
-    all rows at one code z_n ~ q(z | x_n) per row (see
-    :func:`ppl_vae.penalties.kl_decomposition_terms`): the three add up exactly to ``kl``,
-    the Monte Carlo KL at the same codes.
-
-    They describe the aggregate posterior of these N rows. I is at most log N, and when it
-    comes close (posteriors that barely overlap, as a well-trained encoder gives), q(z) is a
-    set of N narrow bumps: its TC then reflects the finite sample as much as the model, and
-    exceeds the TC of the aggregate over the data distribution. Compare TCs at equal N.
-
-    Needs a Gaussian guide and a prior with closed-form one-dimensional marginals (the
-    ``normal`` prior); raises ConfigError otherwise.
-
-    Returns
-    -------
-    dict of float
-        ``mi``, ``tc``, ``dwkl`` and their sum ``kl``, nats per example.
-    """
-    q = vae.encode(x, y)
-    terms = kl_decomposition_terms(q, q.sample(), vae.prior())
-    return {key: float(value.mean()) for key, value in terms.items()}

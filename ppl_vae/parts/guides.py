@@ -15,10 +15,10 @@ Class attributes declare what a guide offers: ``amortized`` (an encoder q(z | x)
 applies to any x, exposed as ``encode(inputs)``) and ``has_density`` (log q(z | x) is
 finite, so E_q[log p(x, z) - log q(z | x)] is a bound on log p(x); false for the delta
 guide); ``evaluation_note`` is what a results table must say about the guide's numbers;
-``latent_support`` the space z lives in (see :mod:`ppl_vae.priors`).
+``latent_support`` the space z lives in (see :mod:`ppl_vae.parts.priors`).
 
-The corruptions at the end of the file act on the guide's input while training: the
-denoising VAE.
+The corruptions of the guide's input while training (the denoising VAE) are in
+:mod:`ppl_vae.parts.corruptions`.
 """
 
 import pyro.distributions as dist
@@ -29,8 +29,8 @@ from torch import nn
 from torch.nn.functional import softplus
 
 from ppl_vae.errors import ConfigError
-from ppl_vae.local import fit_local, refine_local
-from ppl_vae.priors import check_joint_sizes, inverse_softplus, joint_latent
+from ppl_vae.parts.local import fit_local, refine_local
+from ppl_vae.parts.priors import check_joint_sizes, inverse_softplus, joint_latent
 
 
 def diagonal_normal(local, min_scale=1e-4):
@@ -227,7 +227,7 @@ class SemiAmortizedNormal(AmortizedDiagonalNormal):
     lambda_0 = encoder(x) = (mu, rho); then ``num_steps`` steps of gradient ascent on each
     point's ELBO give lambda_K, and q(z | x) = N(mu_K, diag(sigma_K^2)). Training
     differentiates through the steps to reach the encoder; the other parameters see
-    lambda_K as fixed (see :func:`ppl_vae.local.refine_local` for exactly what is
+    lambda_K as fixed (see :func:`ppl_vae.parts.local.refine_local` for exactly what is
     differentiated). The VampPrior uses the unrefined encoder (:meth:`encode`).
 
     Parameters
@@ -273,7 +273,7 @@ class PerDatapointNormal(nn.Module):
 
     Data outside the training set (``idx=None``) have no row. For them the guide fits
     fresh local parameters: ``fit_steps`` Adam steps on each point's ELBO from the prior's
-    N(0, I), model fixed (:func:`ppl_vae.local.fit_local`). That makes test ELBOs and
+    N(0, I), model fixed (:func:`ppl_vae.parts.local.fit_local`). That makes test ELBOs and
     log p(x) of this guide those of a fitted q, which evaluation reports as such.
 
     Parameters
@@ -339,7 +339,7 @@ class PerDatapointNormal(nn.Module):
 class AmortizedJoint(AmortizedGuide):
     """JointVAE's guide (Dupont 2018): q(z, c | x) = N(z; mu(x), diag(sigma(x)^2)) x
     RelaxedOneHotCategorical(c; tau, logits(x)), z continuous of size L - K, c a relaxed
-    one-hot vector of size K (:class:`ppl_vae.priors.JointLatent`).
+    one-hot vector of size K (:class:`ppl_vae.parts.priors.JointLatent`).
 
     The encoder outputs (mu, rho, logits). Both parts are reparameterized (the relaxed
     categorical through Gumbel noise), so every objective applies; the KL term has no closed
@@ -413,67 +413,3 @@ def _split_inputs(vae, inputs):
     if not num_classes:
         return inputs, None
     return inputs[..., :-num_classes], inputs[..., -num_classes:].argmax(-1)
-
-
-
-class Corruption(nn.Module):
-    """Noise on the guide's input while training (``self.training``); the identity otherwise.
-
-    A denoising VAE (Vincent et al. 2008 for autoencoders; Im et al. 2017) encodes a
-    corrupted x~ and is scored on reconstructing the clean x: the model's likelihood always
-    sees the clean data, only the encoder's input changes. Evaluation (the module in eval
-    mode) encodes clean data. Subclasses override ``corrupt``.
-
-    Parameters
-    ----------
-    level : float
-        The noise's strength: a standard deviation, or the share of entries corrupted.
-    """
-
-    max_level = 1.0
-
-    def __init__(self, *, level=0.1):
-        super().__init__()
-        if not 0 <= level <= self.max_level:
-            raise ConfigError(f"corruption_level must be in [0, {self.max_level:g}] for "
-                              f"{type(self).__name__}; got {level}")
-        self.level = float(level)
-
-    def corrupt(self, x):
-        raise NotImplementedError
-
-    def forward(self, x):
-        return self.corrupt(x) if self.training else x
-
-
-class NoCorruption(Corruption):
-    """The input as it is: the plain VAE."""
-
-    max_level = float("inf")
-
-    def forward(self, x):
-        return x
-
-
-class GaussianCorruption(Corruption):
-    """x + level * eps, eps ~ N(0, I) (additive isotropic Gaussian noise)."""
-
-    max_level = float("inf")
-
-    def corrupt(self, x):
-        return x + self.level * torch.randn_like(x)
-
-
-class SaltAndPepperCorruption(Corruption):
-    """A share ``level`` of the entries, chosen at random, set to 0 or 1 with equal odds."""
-
-    def corrupt(self, x):
-        hit = torch.rand_like(x) < self.level
-        return torch.where(hit, (torch.rand_like(x) < 0.5).to(x.dtype), x)
-
-
-class MaskCorruption(Corruption):
-    """A share ``level`` of the entries, chosen at random, set to 0 (masking noise)."""
-
-    def corrupt(self, x):
-        return x * (torch.rand_like(x) >= self.level).to(x.dtype)

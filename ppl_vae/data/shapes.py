@@ -227,10 +227,10 @@ def load_shapes_with_factors(
         ``x_test``: the ground truth for disentanglement metrics.
     """
     # Imported here: data.py registers load_shapes, so a module-level import would be circular.
-    from ppl_vae.data import Dataset, _split
+    from ppl_vae.data.arrays import Dataset, split_indices
 
     x, factors = make_shapes(num_data, image_size=image_size, seed=seed)
-    train, test = _split(num_data, test_fraction, seed, "shapes")
+    train, test = split_indices(num_data, test_fraction, seed, "shapes")
     dataset = Dataset(
         "shapes", x[train], x[test], factors[train, 0], factors[test, 0], (image_size, image_size)
     )

@@ -104,7 +104,7 @@ def train_command(args):
     from ppl_vae import distributed
     from ppl_vae.config import load_config
     from ppl_vae.device import resolve_device
-    from ppl_vae.train import Trainer, new_run_dir
+    from ppl_vae.inference.loop import Trainer, new_run_dir
 
     overrides = {key: getattr(args, flag) for flag, key in TRAIN_OVERRIDES.items()}
     if args.resume:
@@ -147,7 +147,7 @@ def add_eval_arguments(parser):
 
 
 def eval_command(args):
-    from ppl_vae.report import evaluate_run, markdown_table
+    from ppl_vae.evaluation.report import evaluate_run, markdown_table
 
     row, paths = evaluate_run(args.run_dir, num_samples=args.num_samples,
                               gap_points=args.gap_points, gap_steps=args.gap_steps,
@@ -159,19 +159,19 @@ def eval_command(args):
 
 
 def gmm_command(argv):
-    from ppl_vae.mixture.cli import main as gmm_main
+    from ppl_vae.commands.gmm import main as gmm_main
 
     return gmm_main(argv)
 
 
 def compare_command(argv):
-    from ppl_vae.compare import main as compare_main
+    from ppl_vae.evaluation.compare import main as compare_main
 
     return compare_main(argv)
 
 
 def bench_command(argv):
-    from ppl_vae.bench import main as bench_main
+    from ppl_vae.commands.bench import main as bench_main
 
     return bench_main(argv, prog="ppl-vae bench")
 

@@ -99,7 +99,7 @@ def load_data(name="digits", *, pca_dims=PCA_DIMS, seed=0, quick=False):
 
     digits: the project's 80/20 split of the 1,797 images (:func:`ppl_vae.data.load_dataset`),
     PCA fitted on the training images only, each component scaled to unit variance. blobs:
-    three 2-D Gaussians with known parameters (:func:`ppl_vae.mixture.cli.make_blobs`),
+    three 2-D Gaussians with known parameters (:func:`ppl_vae.commands.gmm.make_blobs`),
     1,500 points (300 with ``quick``), split 80/20.
     """
     if name == "digits":
@@ -119,7 +119,7 @@ def load_data(name="digits", *, pca_dims=PCA_DIMS, seed=0, quick=False):
                     "pixel variance)", x_train, x_test, digits.y_train.numpy(),
                     digits.y_test.numpy())
     if name == "blobs":
-        from ppl_vae.mixture.cli import load_data as load_mixture_data
+        from ppl_vae.commands.gmm import load_data as load_mixture_data
 
         blobs = load_mixture_data("blobs", seed=seed, quick=quick)
         return Data("blobs", "blobs: three 2-D Gaussians with known parameters",
@@ -324,7 +324,7 @@ def prior_assignments(vae, x):
 
 
 def _fit_vae(data, settings, hidden, method, label):
-    from ppl_vae.evaluate import log_likelihood
+    from ppl_vae.evaluation.likelihood import log_likelihood
     from ppl_vae.mixture.pyro_gmm import seeded
     from ppl_vae.vae import Dims, build_vae
 
@@ -591,7 +591,7 @@ def save_figure(fig, path):
 
 
 def build_parser(prog="ppl-vae compare"):
-    from ppl_vae.mixture.cli import OneLineParser
+    from ppl_vae.commands.gmm import OneLineParser
 
     parser = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="digits", help="digits (default) or blobs")

@@ -30,14 +30,15 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ppl_vae import distributed
-from ppl_vae.checkpoint import load_checkpoint, save_checkpoint
+from ppl_vae.build import make_objective
 from ppl_vae.config import dump_toml, load_config
 from ppl_vae.data import DATASETS, binarize, check_data, load_dataset
 from ppl_vae.device import resolve_device
 from ppl_vae.errors import CheckpointError, ConfigError, TrainingDiverged
-from ppl_vae.evaluate import evaluate_elbo
-from ppl_vae.objectives import KLSchedule, make_objective
-from ppl_vae.penalties import auxiliary
+from ppl_vae.evaluation.likelihood import evaluate_elbo
+from ppl_vae.inference.checkpoint import load_checkpoint, save_checkpoint
+from ppl_vae.inference.penalties import auxiliary
+from ppl_vae.inference.schedules import KLSchedule
 from ppl_vae.registry import lookup
 from ppl_vae.vae import Dims, build_vae
 
@@ -222,7 +223,7 @@ class Trainer:
         finally:
             bar.close()
         if figures and main:
-            from ppl_vae.plots import save_run_figures
+            from ppl_vae.evaluation.plots import save_run_figures
 
             save_run_figures(self.vae, self.data.to(self.device), self.metrics, self.run_dir)
         return self.metrics[-1] if self.metrics else None

@@ -1,4 +1,4 @@
-"""Datasets and the checks that guard them.
+"""The data sets: built-in names, MNIST-family IDX files, and users' array files.
 
 Every loader returns a :class:`Dataset` of flattened float32 CPU tensors. Built-in names
 live in :data:`DATASETS`; :func:`load_dataset` also accepts a path to a ``.npz`` or
@@ -7,7 +7,7 @@ small IDX reader here, so that reading files never needs torchvision (whose impo
 fail on a CPU-only torch); torchvision is only asked to download, and only on request.
 
 The ``ppca`` data set is drawn from a random probabilistic-PCA model
-(:func:`ppl_vae.ppca.make_ppca`), whose log-likelihood and maximum-likelihood fit are
+(:func:`ppl_vae.data.ppca.make_ppca`), whose log-likelihood and maximum-likelihood fit are
 known in closed form.
 """
 
@@ -15,226 +15,23 @@ import gzip
 import math
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ppl_vae.device import resolve_device
+from ppl_vae.data.arrays import Dataset, split_dataset
+from ppl_vae.data.checks import check_data
+from ppl_vae.data.ppca import make_ppca
+from ppl_vae.data.shapes import load_shapes
 from ppl_vae.errors import DataError
-from ppl_vae.ppca import make_ppca
-from ppl_vae.shapes import load_shapes
 
 DEFAULT_DATA_DIR = "data"
 ARRAY_SUFFIXES = (".npz", ".npy")
-SUPPORTS = ("real", "unit")
 
 # Size of the built-in "ppca" data set: small enough for CPU tests, large enough that the
 # MLE is close to the truth.
 PPCA_DEFAULTS = {"num_data": 2000, "data_dim": 10, "latent_dim": 2, "noise_std": 0.5}
-
-
-@dataclass(frozen=True)
-class Dataset:
-    """A train/test pair of flattened examples, with optional integer labels.
-
-    Attributes
-    ----------
-    name : str
-        The name or path it was loaded from; ``load_dataset(ds.name)`` loads it again.
-    x_train, x_test : torch.Tensor
-        Shapes ``(N_train, D)`` and ``(N_test, D)``, float32.
-    y_train, y_test : torch.Tensor or None
-        Shapes ``(N_train,)`` and ``(N_test,)``, int64 class labels; None without labels.
-    image_shape : tuple of int or None
-        Shape of one example before flattening, e.g. ``(28, 28)``; None for non-image data.
-    """
-
-    name: str
-    x_train: torch.Tensor
-    x_test: torch.Tensor
-    y_train: torch.Tensor | None
-    y_test: torch.Tensor | None
-    image_shape: tuple[int, ...] | None
-
-    def __post_init__(self):
-        if self.x_train.ndim != 2 or self.x_test.ndim != 2:
-            raise DataError(
-                f"{self.name}: x_train and x_test must be (N, D); got "
-                f"{tuple(self.x_train.shape)} and {tuple(self.x_test.shape)}"
-            )
-        if self.x_train.shape[1] != self.x_test.shape[1]:
-            raise DataError(
-                f"{self.name}: x_train has {self.x_train.shape[1]} features but x_test has "
-                f"{self.x_test.shape[1]}"
-            )
-        if (self.y_train is None) != (self.y_test is None):
-            raise DataError(f"{self.name}: give labels for both train and test, or for neither")
-        for x, y, part in (
-            (self.x_train, self.y_train, "train"),
-            (self.x_test, self.y_test, "test"),
-        ):
-            if y is not None and tuple(y.shape) != (len(x),):
-                raise DataError(
-                    f"{self.name}: y_{part} must have shape ({len(x)},); got {tuple(y.shape)}"
-                )
-        if self.image_shape is not None and math.prod(self.image_shape) != self.data_dim:
-            raise DataError(
-                f"{self.name}: image_shape {self.image_shape} does not hold {self.data_dim} values"
-            )
-
-    @property
-    def data_dim(self) -> int:
-        """D, the number of features of one flattened example."""
-        return int(self.x_train.shape[1])
-
-    @property
-    def num_classes(self) -> int | None:
-        """One more than the largest label (train or test); None without labels."""
-        if self.y_train is None:
-            return None
-        labels = torch.cat([self.y_train, self.y_test])
-        return int(labels.max()) + 1 if len(labels) else 0
-
-    def to(self, device="auto") -> "Dataset":
-        """The same data with every tensor on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``)."""
-        dev = resolve_device(device)
-
-        def move(t):
-            return None if t is None else t.to(dev)
-
-        return replace(
-            self,
-            x_train=move(self.x_train),
-            x_test=move(self.x_test),
-            y_train=move(self.y_train),
-            y_test=move(self.y_test),
-        )
-
-
-# --- checks ---------------------------------------------------------------------------------
-
-
-def _shape_text(shape) -> str:
-    # Writes the batch dimension as N so that the message compares like with like.
-    if len(shape) == 0:
-        return "a scalar"
-    if len(shape) == 1:
-        return f"a 1-D tensor of shape ({shape[0]},)"
-    return "(" + ", ".join(["N", *(str(s) for s in shape[1:])]) + ")"
-
-
-def check_data(
-    x: torch.Tensor, *, support: str, name: str = "data", data_dim: int | None = None
-) -> None:
-    """Raise :class:`DataError` with one line if ``x`` cannot be used as a data set.
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        Shape ``(N, D)``: N flattened examples.
-    support : {"real", "unit"}
-        The likelihood's support: any finite value, or values in [0, 1]
-        (Bernoulli-type likelihoods).
-    name : str
-        What to call ``x`` in the message (e.g. ``"x_train"`` or a file name).
-    data_dim : int, optional
-        The number of features D the model expects.
-
-    Raises
-    ------
-    DataError
-        For an empty set, a shape other than ``(N, data_dim)``, NaN or inf values, or
-        values outside [0, 1] when ``support == "unit"``.
-    """
-    if support not in SUPPORTS:
-        raise ValueError(f"support must be one of {SUPPORTS}; got {support!r}")
-    if not isinstance(x, torch.Tensor):
-        raise DataError(f"{name}: expected a torch.Tensor; got {type(x).__name__}")
-    if x.is_complex() or x.dtype == torch.bool:
-        raise DataError(f"{name}: expected real numbers; got dtype {x.dtype}")
-    want = f"(N, {data_dim if data_dim is not None else 'D'})"
-    if x.ndim != 2:
-        hint = "; flatten each example first" if x.ndim > 2 else ""
-        raise DataError(f"{name}: expected data of shape {want}; got {_shape_text(x.shape)}{hint}")
-    if x.numel() == 0:
-        raise DataError(
-            f"{name}: empty data set (shape {tuple(x.shape)}); need at least one example"
-        )
-    if data_dim is not None and x.shape[1] != data_dim:
-        raise DataError(f"{name}: expected data of shape {want}; got {_shape_text(x.shape)}")
-    if not x.is_floating_point():
-        x = x.double()
-    nonfinite = ~torch.isfinite(x)
-    if nonfinite.any():
-        n_nan = int(torch.isnan(x).sum())
-        n_inf = int(nonfinite.sum()) - n_nan
-        row, col = (int(i) for i in nonfinite.nonzero()[0])
-        raise DataError(
-            f"{name}: {n_nan} NaN and {n_inf} inf values; the first is at row {row}, "
-            f"column {col} (value {x[row, col].item()})"
-        )
-    if support == "unit":
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0 or hi > 1:
-            raise DataError(
-                f"{name}: this likelihood needs values in [0, 1] but they range from {lo:g} "
-                f"to {hi:g}; for real-valued data choose a likelihood for real values, "
-                "e.g. --likelihood gaussian, or rescale the data to [0, 1]"
-            )
-
-
-def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-    """One Bernoulli draw per entry, with probabilities ``x``: ``U < x`` with U uniform on
-    [0, 1).
-
-    Dynamic binarisation calls this on each minibatch; static binarisation calls it once
-    with a seeded ``generator`` (which must live on ``x``'s device). On a CPU the draws are
-    the very numbers ``torch.bernoulli(x, generator)`` gives (tested), 3.6 times as fast
-    (``ppl-vae bench parts``).
-
-    Parameters
-    ----------
-    x : torch.Tensor
-        Any shape, floating point, values in [0, 1].
-    generator : torch.Generator, optional
-
-    Returns
-    -------
-    torch.Tensor
-        Same shape and dtype as ``x``, values in {0, 1}.
-    """
-    u = torch.rand(x.shape, generator=generator, dtype=x.dtype, device=x.device)
-    return (u < x).to(x.dtype)
-
-
-def _split(n: int, test_fraction: float, seed: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """Sorted train and test indices of a seeded random split of ``range(n)``."""
-    if not 0 < test_fraction < 1:
-        raise DataError(
-            f"{name}: test_fraction must lie strictly between 0 and 1; got {test_fraction}"
-        )
-    n_test = round(n * test_fraction)
-    if not 0 < n_test < n:
-        raise DataError(
-            f"{name}: test_fraction {test_fraction} of {n} examples leaves an empty train or "
-            "test set; give more data or another test_fraction"
-        )
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
-    return perm[n_test:].sort().values, perm[:n_test].sort().values
-
-
-def _split_dataset(name, x, y, image_shape, test_fraction, seed) -> Dataset:
-    train, test = _split(len(x), test_fraction, seed, name)
-    return Dataset(
-        name=name,
-        x_train=x[train],
-        x_test=x[test],
-        y_train=None if y is None else y[train],
-        y_test=None if y is None else y[test],
-        image_shape=image_shape,
-    )
 
 
 def _one_line(exc: BaseException) -> str:
@@ -258,7 +55,7 @@ def load_digits(*, data_dir=None, download=False, test_fraction=0.2, seed=0) -> 
     # Each pixel counts the set bits of a 4x4 block of a 32x32 bitmap, so 16 is its maximum.
     x = torch.tensor(bunch.data / 16.0, dtype=torch.float32)
     y = torch.tensor(bunch.target, dtype=torch.int64)
-    return _split_dataset("digits", x, y, tuple(bunch.images.shape[1:]), test_fraction, seed)
+    return split_dataset("digits", x, y, tuple(bunch.images.shape[1:]), test_fraction, seed)
 
 
 def load_ppca(*, data_dir=None, download=False, test_fraction=0.2, seed=0) -> Dataset:
@@ -267,7 +64,7 @@ def load_ppca(*, data_dir=None, download=False, test_fraction=0.2, seed=0) -> Da
     ``seed`` draws both the true parameters and the split.
     """
     x, _ = make_ppca(**PPCA_DEFAULTS, seed=seed)
-    return _split_dataset("ppca", x, None, None, test_fraction, seed)
+    return split_dataset("ppca", x, None, None, test_fraction, seed)
 
 
 # --- IDX files (MNIST, Fashion-MNIST) -------------------------------------------------------
@@ -468,7 +265,7 @@ def load_array_file(path, *, test_fraction=0.2, seed=0) -> Dataset:
         raise DataError(f"{where}: cannot read as {path.suffix} ({_one_line(exc)})") from None
     if isinstance(loaded, np.ndarray):
         x, image_shape = _features(_array(loaded, "", where), where)
-        return _split_dataset(where, x, None, image_shape, test_fraction, seed)
+        return split_dataset(where, x, None, image_shape, test_fraction, seed)
     with loaded as arrays:
         keys = set(arrays.files)
         if keys not in _NPZ_LAYOUTS:
@@ -486,7 +283,7 @@ def load_array_file(path, *, test_fraction=0.2, seed=0) -> Dataset:
                 y = _array(arrays, f"y{part}", where)
                 ys[part] = _labels(y, len(xs[part]), f"{where}: y{part}")
     if "x" in keys:
-        return _split_dataset(where, xs[""], ys.get(""), shapes[""], test_fraction, seed)
+        return split_dataset(where, xs[""], ys.get(""), shapes[""], test_fraction, seed)
     if xs["_train"].shape[1] != xs["_test"].shape[1] or shapes["_train"] != shapes["_test"]:
         train, test = ((shapes[p] or (xs[p].shape[1],)) for p in ("_train", "_test"))
         raise DataError(f"{where}: x_train examples have shape {train} but x_test ones {test}")

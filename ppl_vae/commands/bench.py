@@ -303,7 +303,7 @@ def bench_svi(args):
     import torch
 
     from ppl_vae.config import load_config
-    from ppl_vae.train import Trainer, adam
+    from ppl_vae.inference.loop import Trainer, adam
 
     torch.set_num_threads(args.threads)
     batch_sizes = (64, 256) if args.quick else (128, 1024)
@@ -374,11 +374,11 @@ def _parts(device, quick):
     import torch
     from torch.distributions import kl_divergence
 
+    from ppl_vae.build import make_objective
     from ppl_vae.data import binarize
-    from ppl_vae.likelihoods import IndependentBernoulli
-    from ppl_vae.objectives import make_objective
-    from ppl_vae.priors import UnitNormal
-    from ppl_vae.train import adam
+    from ppl_vae.inference.loop import adam
+    from ppl_vae.parts.likelihoods import IndependentBernoulli
+    from ppl_vae.parts.priors import UnitNormal
     from ppl_vae.vae import Dims, build_vae
 
     b, d, latent = (16, 64, 4) if quick else (128, 784, 16)
@@ -504,7 +504,7 @@ def pyro_log_likelihood(vae, x, num_samples):
 def bench_eval(args):
     import torch
 
-    from ppl_vae.evaluate import log_likelihood
+    from ppl_vae.evaluation.likelihood import log_likelihood
     from ppl_vae.vae import Dims, build_vae
 
     torch.set_num_threads(args.threads)
@@ -594,6 +594,6 @@ def main(argv=None, prog=None):
 
 
 if __name__ == "__main__":
-    from ppl_vae.cli import run
+    from ppl_vae.commands import run
 
     sys.exit(run(main))
