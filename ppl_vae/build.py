@@ -1,11 +1,213 @@
 """The builder: from a resolved configuration (:mod:`ppl_vae.config`) to the objects that
-training takes (program, objective, optimizer, data). The training loop itself
-(:mod:`ppl_vae.inference.loop`) knows nothing of configurations."""
+training takes (program, objective, optimizer, data), and back from a run folder.
 
-from ppl_vae.errors import ConfigError
+The training loop (:class:`~ppl_vae.inference.loop.Trainer`) knows nothing of
+configurations: :func:`build` makes its inputs, :func:`resume` rebuilds them from a run
+folder and restores the checkpoint, :func:`load_run` does the same for evaluation.
+"""
+
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+import pyro
+import torch
+
+from ppl_vae import distributed
+from ppl_vae.config import dump_toml, load_config
+from ppl_vae.data import DATASETS, Dataset, binarize, check_data, load_dataset
+from ppl_vae.device import resolve_device
+from ppl_vae.errors import CheckpointError, ConfigError
+from ppl_vae.evaluation.likelihood import evaluate_elbo
 from ppl_vae.inference.jit import JIT_VERSIONS
+from ppl_vae.inference.loop import Trainer, adam
 from ppl_vae.inference.penalties import PenalizedELBO, Penalty
+from ppl_vae.inference.runs import RunFolder, config_path
+from ppl_vae.inference.schedules import KLSchedule
 from ppl_vae.registry import lookup
+from ppl_vae.vae import Dims, build_vae
+
+# Settings that may differ between a run and its resumption.
+RESUMABLE = {"train.epochs", "train.device", "train.jit", "train.eval_every"}
+
+
+@dataclass
+class Experiment:
+    """A configuration turned into objects: what :func:`build` and :func:`resume` return.
+
+    Attributes
+    ----------
+    config : dict
+        The resolved configuration.
+    dataset : Dataset
+        The data as loaded (CPU; labels kept, for figures).
+    data : Dataset
+        What training sees: on the device, the test set binarised where the likelihood
+        needs it, labels only for a conditional program.
+    dims : Dims
+    program : nn.Module
+        The VAE (``model`` and ``guide``).
+    trainer : Trainer
+    run_dir : Path or None
+    """
+
+    config: dict
+    dataset: Dataset
+    data: Dataset
+    dims: Dims
+    program: torch.nn.Module
+    trainer: Trainer
+    run_dir: Path | None
+
+    @property
+    def metrics(self):
+        return self.trainer.metrics
+
+    @property
+    def device(self):
+        return self.trainer.device
+
+    def run(self, *, figures=True):
+        """Train (writing ``config.toml`` first), then save the figures; returns the last
+        row of metrics."""
+        main = distributed.is_main()
+        if main and self.trainer.run_folder is not None:
+            self.trainer.run_folder.create()
+        last = self.trainer.run()
+        if figures and main and self.run_dir is not None:
+            from ppl_vae.evaluation.plots import save_run_figures
+
+            save_run_figures(self.program, self.dataset.to(self.device), self.metrics,
+                             self.run_dir)
+        return last
+
+
+def build(config, run_dir=None, *, progress=True):
+    """The objects of a new run of ``config``; ``run_dir`` None writes nothing."""
+    return _build(config, run_dir, progress=progress, state=None)
+
+
+def resume(run_dir, *, overrides=None, progress=True):
+    """Rebuild the run in ``run_dir`` and restore its last checkpoint.
+
+    Only the settings in ``RESUMABLE`` (the number of epochs, the device, JIT, how often to
+    score) may be overridden; the result equals that of a run that was never interrupted.
+    """
+    path = config_path(run_dir)
+    overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
+    frozen = sorted(set(overrides) - RESUMABLE)
+    if frozen:
+        raise ConfigError(f"cannot change {', '.join(frozen)} when resuming; only "
+                          f"{', '.join(sorted(RESUMABLE))} may change")
+    config = load_config(path, overrides)
+    state = RunFolder(run_dir, "").load()
+    return _build(config, run_dir, progress=progress, state=state)
+
+
+def load_run(run_dir, *, device="auto"):
+    """A trained run, to evaluate: its objects with the last checkpoint restored and the
+    program in eval mode."""
+    experiment = resume(run_dir, overrides={"train.device": device}, progress=False)
+    experiment.program.eval()
+    return experiment
+
+
+def _build(config, run_dir, *, progress, state):
+    data_cfg, model_cfg, train_cfg = config["data"], config["model"], config["train"]
+    device = distributed.init_from_environment(resolve_device(train_cfg["device"]))
+    dataset = load_data(data_cfg, seed=train_cfg["seed"])
+    dims = _dims(dataset, model_cfg, lookup("likelihood", model_cfg["likelihood"]).support)
+    if state is not None:
+        _check_saved_dims(state, dims, dataset, run_dir)
+    pyro.set_rng_seed(train_cfg["seed"])
+    program = build_vae(dims, **{k: v for k, v in model_cfg.items()
+                                 if k not in ("latent_dim", "conditional")}).to(device)
+    objective = make_objective(train_cfg["objective"], num_particles=train_cfg["num_particles"],
+                               jit=train_cfg["jit"], options=train_cfg["objective_options"],
+                               dims=dims)
+    binarization = data_cfg["binarize"] if program.likelihood.support == "unit" else "none"
+    data = prepare_data(dataset, binarization, conditional=program.conditional,
+                        device=device, seed=train_cfg["seed"])
+    schedule = KLSchedule(train_cfg["kl_schedule"], beta=model_cfg["beta"],
+                          steps_per_epoch=-(-data.x_train.shape[0] // train_cfg["batch_size"]),
+                          warmup_epochs=train_cfg["kl_warmup_epochs"],
+                          cycle_epochs=train_cfg["kl_cycle_epochs"])
+    run = None if run_dir is None else RunFolder(run_dir, dump_toml(config),
+                                                 meta={"dims": asdict(dims)})
+    trainer = Trainer(program, objective, adam(program.parameters(), lr=train_cfg["lr"]), data,
+                      batch_size=train_cfg["batch_size"], epochs=train_cfg["epochs"],
+                      seed=train_cfg["seed"], schedule=schedule,
+                      transform=binarize if binarization == "dynamic" else None,
+                      evaluate=evaluate_elbo, eval_every=train_cfg["eval_every"], run=run,
+                      compile=train_cfg["jit"], progress=progress)
+    if state is None:
+        setup_from_data(program, data.x_train)  # the same rows on every process (seeded)
+    else:
+        trainer.load_state_dict(state)
+    return Experiment(config, dataset, data, dims, program, trainer,
+                      None if run_dir is None else Path(run_dir))
+
+
+def _dims(dataset, model_cfg, support):
+    for x, split in ((dataset.x_train, "training"), (dataset.x_test, "test")):
+        check_data(x, support=support, name=f"{dataset.name} {split} data")
+    if model_cfg["conditional"] and dataset.y_train is None:
+        raise ConfigError(f"a conditional VAE needs labels; {dataset.name} has none")
+    return Dims(data_dim=dataset.data_dim, latent_dim=model_cfg["latent_dim"],
+                num_data=dataset.x_train.shape[0],
+                num_classes=dataset.num_classes if model_cfg["conditional"] else 0,
+                image_shape=dataset.image_shape)
+
+
+def _check_saved_dims(state, dims, dataset, run_dir):
+    saved = state["dims"]
+    if saved["data_dim"] != dims.data_dim:
+        raise CheckpointError(
+            f"the checkpoint in {run_dir} was trained on data of dimension "
+            f"{saved['data_dim']}, but {dataset.name} has dimension {dims.data_dim}")
+
+
+def setup_from_data(program, x_train):
+    """Run the setup step of every part that declares one (``setup_from_data(x)``: the
+    VampPrior's pseudo-inputs drawn from the data); the program need not know which."""
+    for module in program.modules():
+        if module is not program and hasattr(module, "setup_from_data"):
+            module.setup_from_data(x_train)
+
+
+def prepare_data(dataset, binarization, *, conditional, device, seed):
+    """The data as training sees it: on ``device``, labels only if ``conditional``.
+
+    The test set is binarised once, with a fixed seed, so that test ELBOs are comparable
+    across epochs and runs; the training set once too when ``binarization`` is "static"
+    ("dynamic" binarises each minibatch: the trainer's ``transform``).
+    """
+    data = dataset.to(device)
+    x_train, x_test = data.x_train, data.x_test
+    if binarization != "none":
+        gen = torch.Generator(device=device).manual_seed(seed + 1)
+        x_test = binarize(x_test, gen)
+        if binarization == "static":
+            x_train = binarize(x_train, gen)
+    keep = conditional and data.y_train is not None
+    return replace(data, x_train=x_train, x_test=x_test,
+                   y_train=data.y_train if keep else None, y_test=data.y_test if keep else None)
+
+
+def load_data(data_cfg, *, seed):
+    """The data set of ``[data]``; ``data.options`` go to a built-in data set's loader
+    (``num_data`` and ``image_size`` of ``shapes``)."""
+    common = {"data_dir": data_cfg["data_dir"], "download": data_cfg["download"],
+              "test_fraction": data_cfg["test_fraction"], "seed": seed}
+    options, name = data_cfg["options"], str(data_cfg["dataset"])
+    if not options:
+        return load_dataset(name, **common)
+    if name.lower() not in DATASETS:
+        raise ConfigError(f"data.options apply to the built-in data sets "
+                          f"({', '.join(DATASETS)}); {name!r} takes none")
+    try:
+        return DATASETS[name.lower()](**common, **options)
+    except TypeError as err:
+        raise ConfigError(f"bad data.options for {name!r}: {err}") from None
 
 
 def make_objective(name="meanfield", *, num_particles=1, jit=False, options=None, dims=None):

@@ -30,4 +30,8 @@ class NotFittedError(PplVaeError, AttributeError):
 
 
 class TrainingDiverged(PplVaeError, FloatingPointError):
-    """The loss became NaN or infinite."""
+    """The loss became NaN or infinite; ``step`` is the first such step (None if unknown)."""
+
+    def __init__(self, message, step=None):
+        super().__init__(message)
+        self.step = step

@@ -142,14 +142,6 @@ class VAE(nn.Module):
                 z = pyro.sample("z", self.posterior(inputs, idx))
         return z
 
-    @torch.no_grad()
-    def init_from_data(self, x):
-        """Start the parts that ask for it (``init == "data"``: a VampPrior's pseudo-inputs)
-        from the training data ``x`` (N, D); the trainer calls this for a new run."""
-        for part in (self.prior, self.posterior):
-            if getattr(part, "init", None) == "data":
-                part.init_from_data(x)
-
     def forward(self, x, z, y=None):
         """The model's log densities at z, without Pyro: ``(log p(z), log p(x | z))``.
 

@@ -36,13 +36,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+from ppl_vae.build import build  # noqa: E402
 from ppl_vae.config import load_config  # noqa: E402
 from ppl_vae.data import shapes  # noqa: E402
 from ppl_vae.errors import PplVaeError  # noqa: E402
 from ppl_vae.evaluation.aggregate import kl_decomposition  # noqa: E402
 from ppl_vae.evaluation.disentanglement import factor_vae_score, latent_traversals, mig  # noqa: E402
 from ppl_vae.evaluation.likelihood import active_units  # noqa: E402
-from ppl_vae.inference.loop import Trainer  # noqa: E402
 
 DEFAULT_VARIANTS = ("shapes_vae", "beta_vae", "beta_tcvae", "factor_vae", "dip_vae",
                     "joint_vae")
@@ -115,7 +115,7 @@ def describe(config):
 
 def evaluate(trainer, factors_test, args, generator):
     """The table's row for a trained variant."""
-    vae, x = trainer.vae, trainer.x_test
+    vae, x = trainer.program, trainer.data.x_test
     vae.eval()
     with torch.no_grad():
         codes = vae.encode(x).mean
@@ -141,13 +141,13 @@ def evaluate(trainer, factors_test, args, generator):
 
 def traversal_figure(trainer, path):
     """Decoded sweeps of each code from the first test image's code; most varied first."""
-    vae, x = trainer.vae, trainer.x_test
+    vae, x = trainer.program, trainer.data.x_test
     with torch.no_grad():
         means = vae.encode(x).mean
     # JointVAE's last codes are category probabilities: sweep the continuous ones only.
     continuous = getattr(vae.posterior, "continuous_dim", means.shape[1])
     order = means[:, :continuous].var(0).argsort(descending=True).tolist()
-    fig = latent_traversals(lambda z: vae.decode(z).mean, means[0], trainer.data.image_shape,
+    fig = latent_traversals(lambda z: vae.decode(z).mean, means[0], trainer.dataset.image_shape,
                             values=torch.linspace(-2.5, 2.5, 9), dims=order)
     fig.axes[0].set_title(f"{trainer.config['name']}: latent traversals")
     fig.savefig(path, dpi=100, bbox_inches="tight")
@@ -160,7 +160,7 @@ def train(name, run_dir, args):
     config = load_config(name, overrides(args))
     if run_dir.exists() and any(run_dir.iterdir()):
         raise PplVaeError(f"{run_dir} already holds a run; choose another --out")
-    trainer = Trainer(config, run_dir, progress=False)
+    trainer = build(config, run_dir, progress=False)
     trainer.run(figures=not args.quick)
     return trainer
 
@@ -197,7 +197,7 @@ def main(argv=None):
     rows = []
     for name in args.variants:
         trainer = train(name, out / Path(name).stem, args)  # a name or a path to a file
-        if not torch.equal(trainer.data.x_test, data.x_test):  # factors must match images
+        if not torch.equal(trainer.dataset.x_test, data.x_test):  # factors must match images
             raise PplVaeError(f"{name}: its test images are not those of the factors")
         rows.append(evaluate(trainer, factors_test, args,
                              torch.Generator().manual_seed(args.seed)))

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from ppl_vae.build import build, load_run, resume
 from ppl_vae.config import MODELS_DIR, load_config
 from ppl_vae.data import binarize
 from ppl_vae.device import resolve_device
@@ -30,7 +31,7 @@ from ppl_vae.evaluation.report import (
     paired_table,
     write_table,
 )
-from ppl_vae.inference.loop import CHECKPOINT, Trainer
+from ppl_vae.inference.runs import CHECKPOINT
 
 
 def parse_args(argv):
@@ -58,23 +59,22 @@ def train(name, run_dir, epochs, device, figures=True):
     """Train ``models/<name>.toml`` into ``run_dir``, resuming a run that is there."""
     overrides = {"train.epochs": epochs, "train.device": device}
     if (run_dir / CHECKPOINT).is_file():
-        trainer = Trainer.resume(run_dir, overrides=overrides, progress=False)
+        experiment = resume(run_dir, overrides=overrides, progress=False)
     else:
-        trainer = Trainer(load_config(name, overrides), run_dir, progress=False)
-    trainer.run(figures=figures)
+        experiment = build(load_config(name, overrides), run_dir, progress=False)
+    experiment.run(figures=figures)
 
 
 def time_log_likelihood(run_dir, num_samples, device, num_points=1000):
     """Seconds to estimate log p(x) of ``num_points`` digits (the test set, then training
     points, binarised once) with ``num_samples`` samples each, and that many points."""
-    trainer = Trainer.resume(run_dir, overrides={"train.device": device}, progress=False)
-    extra = trainer.x_train[: max(0, num_points - len(trainer.x_test))]
-    if trainer.dynamic_binarize:
+    run = load_run(run_dir, device=device)
+    extra = run.data.x_train[: max(0, num_points - len(run.data.x_test))]
+    if run.trainer.transform is not None:  # binarised per minibatch in training
         extra = binarize(extra, torch.Generator().manual_seed(0))
-    x = torch.cat([trainer.x_test, extra])[:num_points]
-    trainer.vae.eval()
+    x = torch.cat([run.data.x_test, extra])[:num_points]
     start = time.perf_counter()
-    log_likelihood(trainer.vae, x, num_samples=num_samples).sum().item()  # waits for a GPU
+    log_likelihood(run.program, x, num_samples=num_samples).sum().item()  # waits for a GPU
     return time.perf_counter() - start, len(x)
 
 

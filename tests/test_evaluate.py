@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from ppl_vae import registry
-from ppl_vae.build import make_objective
+from ppl_vae.build import build, make_objective
 from ppl_vae.commands import main as cli_main
 from ppl_vae.config import load_config
 from ppl_vae.data.ppca import make_ppca, ppca_log_likelihood
@@ -26,7 +26,6 @@ from ppl_vae.evaluation.likelihood import (
     monte_carlo_elbo,
 )
 from ppl_vae.evaluation.report import COLUMNS, evaluate_run, paired_differences, paired_table
-from ppl_vae.inference.loop import Trainer
 from ppl_vae.vae import Dims, build_vae
 
 DIMS = Dims(data_dim=12, latent_dim=3, num_data=30)
@@ -178,7 +177,7 @@ def tiny_run(tmp_path, dataset):
                                 "train.epochs": 1, "train.batch_size": 20,
                                 "train.device": "cpu"})
     run_dir = tmp_path / "run"
-    Trainer(config, run_dir, progress=False).run(figures=False)
+    build(config, run_dir, progress=False).run(figures=False)
     return run_dir
 
 

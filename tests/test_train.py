@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from ppl_vae.build import build, resume
 from ppl_vae.commands import main
 from ppl_vae.config import MODELS_DIR, load_config
 from ppl_vae.errors import CheckpointError, TrainingDiverged
 from ppl_vae.evaluation.likelihood import evaluate_elbo
 from ppl_vae.inference.checkpoint import load_checkpoint, save_checkpoint
-from ppl_vae.inference.loop import Trainer
 
 ROOT = Path(__file__).resolve().parent.parent
 SMALL = {"model.hidden": [32], "model.latent_dim": 2, "train.batch_size": 256}
@@ -31,8 +31,8 @@ def run_cli(capsys, *argv):
 
 
 def test_training_raises_the_elbo(tmp_path):
-    trainer = Trainer(small_config(6, **{"train.lr": 3e-3}), tmp_path / "run", progress=False)
-    initial = evaluate_elbo(trainer.vae, trainer.x_test)["elbo"]
+    trainer = build(small_config(6, **{"train.lr": 3e-3}), tmp_path / "run", progress=False)
+    initial = evaluate_elbo(trainer.program, trainer.data.x_test)["elbo"]
     # A Bernoulli decoder at initialisation predicts about 1/2 everywhere: -64 log 2 nats.
     assert initial == pytest.approx(-64 * math.log(2), abs=2.0)
     trainer.run(figures=False)
@@ -42,16 +42,16 @@ def test_training_raises_the_elbo(tmp_path):
 
 
 def test_resume_equals_an_uninterrupted_run(tmp_path):
-    straight = Trainer(small_config(4), tmp_path / "straight", progress=False)
+    straight = build(small_config(4), tmp_path / "straight", progress=False)
     straight.run(figures=False)
 
-    first = Trainer(small_config(2), tmp_path / "split", progress=False)
+    first = build(small_config(2), tmp_path / "split", progress=False)
     first.run(figures=False)
-    resumed = Trainer.resume(tmp_path / "split", overrides={"train.epochs": 4}, progress=False)
-    assert resumed.epoch == 2
+    resumed = resume(tmp_path / "split", overrides={"train.epochs": 4}, progress=False)
+    assert resumed.trainer.epoch == 2
     resumed.run(figures=False)
 
-    a, b = straight.vae.state_dict(), resumed.vae.state_dict()
+    a, b = straight.program.state_dict(), resumed.program.state_dict()
     assert a.keys() == b.keys()
     for key in a:
         assert torch.equal(a[key], b[key]), key
@@ -62,15 +62,15 @@ def test_resume_equals_an_uninterrupted_run(tmp_path):
 
 @pytest.mark.filterwarnings("ignore:Encountered NaN:UserWarning")  # Pyro's own NaN warning
 def test_nan_loss_stops_training_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    trainer = Trainer(small_config(3), tmp_path / "run", progress=False)
+    trainer = build(small_config(3), tmp_path / "run", progress=False)
     trainer.run(figures=False)  # 3 epochs of 6 steps
     checkpoint = tmp_path / "run" / "checkpoint.pt"
     before = checkpoint.read_bytes()
 
     # The poison is a Python method, which a JIT-compiled graph would never call again.
-    resumed = Trainer.resume(tmp_path / "run", overrides={"train.epochs": 5, "train.jit": False},
+    resumed = resume(tmp_path / "run", overrides={"train.epochs": 5, "train.jit": False},
                              progress=False)
-    decoder = resumed.vae.decoder
+    decoder = resumed.program.decoder
     original = decoder.forward
     calls = {"n": 0}
 
@@ -116,7 +116,7 @@ def test_checkpoint_is_written_atomically(tmp_path, monkeypatch):
 @pytest.mark.parametrize("model_file", sorted(MODELS_DIR.glob("*.toml")), ids=lambda p: p.stem)
 def test_every_model_file_trains(model_file, tmp_path):
     config = load_config(model_file, {"train.epochs": 1})
-    trainer = Trainer(config, tmp_path / "run", progress=False)
+    trainer = build(config, tmp_path / "run", progress=False)
     trainer.run(figures=False)
     assert math.isfinite(trainer.metrics[-1]["test_elbo"])
     assert math.isfinite(trainer.metrics[-1]["train_elbo"])
@@ -222,9 +222,9 @@ def test_training_on_cuda_matches_the_cpu_objective(tmp_path):
     """On a GPU the same run trains and evaluates on the device, with a comparable ELBO."""
     results = {}
     for device in ("cpu", "cuda"):
-        trainer = Trainer(small_config(3, **{"train.device": device}), tmp_path / device,
+        trainer = build(small_config(3, **{"train.device": device}), tmp_path / device,
                           progress=False)
-        assert trainer.x_train.device.type == device
+        assert trainer.data.x_train.device.type == device
         trainer.run(figures=device == "cuda")
         results[device] = trainer.metrics[-1]["test_elbo"]
     assert results["cuda"] == pytest.approx(results["cpu"], abs=1.5)
@@ -243,9 +243,9 @@ def test_ppl_vae_gmm_dispatches_to_the_mixture_command(tmp_path, capsys):
 def test_vampprior_pseudo_inputs_start_where_the_config_says(tmp_path, init):
     config = small_config(1, **{"model.prior": "vamp",
                                 "model.prior_options": {"num_pseudo_inputs": 5, "init": init}})
-    trainer = Trainer(config, tmp_path / "run", progress=False)
-    pseudo = trainer.vae.prior.pseudo_inputs
-    rows = trainer.x_train.clamp(1e-3, 1 - 1e-3)
+    trainer = build(config, tmp_path / "run", progress=False)
+    pseudo = trainer.program.prior.pseudo_inputs
+    rows = trainer.data.x_train.clamp(1e-3, 1 - 1e-3)
     nearest = torch.cdist(pseudo, rows).min(dim=1).values
     if init == "data":  # each pseudo-input is a training digit
         assert nearest.max() < 0.01
@@ -257,15 +257,15 @@ def test_vampprior_pseudo_inputs_start_where_the_config_says(tmp_path, init):
 def test_vampprior_rejects_an_unknown_init(tmp_path):
     config = small_config(1, **{"model.prior": "vamp", "model.prior_options": {"init": "zeros"}})
     with pytest.raises(Exception, match="init is 'noise' or 'data'; got 'zeros'"):
-        Trainer(config, tmp_path / "run", progress=False)
+        build(config, tmp_path / "run", progress=False)
 
 
 def test_eval_every_skips_test_scoring_without_changing_training(tmp_path):
     """Epochs reseed from (seed, epoch), so scoring the test set less often changes nothing
     but the skipped rows, which hold NaN; the last epoch is always scored."""
-    every = Trainer(small_config(5), tmp_path / "every", progress=False)
+    every = build(small_config(5), tmp_path / "every", progress=False)
     every.run(figures=False)
-    sparse = Trainer(small_config(5, **{"train.eval_every": 3}), tmp_path / "sparse",
+    sparse = build(small_config(5, **{"train.eval_every": 3}), tmp_path / "sparse",
                      progress=False)
     sparse.run(figures=True)
     assert [row["train_elbo"] for row in sparse.metrics] == \

@@ -15,12 +15,11 @@ import torch
 from pyro.infer import TraceMeanField_ELBO
 from sklearn.linear_model import LogisticRegression
 
-from ppl_vae.build import make_objective
+from ppl_vae.build import build, make_objective, resume
 from ppl_vae.config import load_config
 from ppl_vae.errors import ConfigError
 from ppl_vae.evaluation import plots
 from ppl_vae.evaluation.likelihood import elbo_terms, log_likelihood
-from ppl_vae.inference.loop import Trainer
 from ppl_vae.inference.penalties import DIPVAE, DIPVAEII
 from ppl_vae.inference.schedules import KLSchedule
 from ppl_vae.parts.corruptions import (
@@ -40,7 +39,7 @@ SMALL = {"model.hidden": [32], "model.latent_dim": 3, "train.batch_size": 256}
 
 def trainer(tmp_path, epochs=1, model="vae", **overrides):
     config = load_config(model, {**SMALL, "train.epochs": epochs, **overrides})
-    return Trainer(config, tmp_path / "run", progress=False)
+    return build(config, tmp_path / "run", progress=False)
 
 
 def plain_vae_loss(vae, x, idx):
@@ -73,14 +72,14 @@ def plain_vae_loss(vae, x, idx):
 def test_beta_one_reproduces_the_plain_vae_loss_exactly(tmp_path, overrides):
     run = trainer(tmp_path, **{"train.jit": False, **overrides})
     idx = torch.arange(0, 100)
-    x = run.x_train[idx]
+    x = run.data.x_train[idx]
     step = 10**6  # long after any warm-up
-    beta = torch.tensor(run.schedule(step)) if run.schedule.annealed else None
+    beta = torch.tensor(run.trainer.schedule(step)) if run.trainer.schedule.annealed else None
     assert beta is None or float(beta) == 1.0
     pyro.set_rng_seed(3)
-    ours = run.loss(x, None, idx, beta)
+    ours = run.trainer.loss(x, None, idx, beta)
     pyro.set_rng_seed(3)
-    reference = plain_vae_loss(run.vae, x, idx)
+    reference = plain_vae_loss(run.program, x, idx)
     assert torch.equal(ours, reference), (float(ours), float(reference))
 
 
@@ -103,18 +102,18 @@ def test_annealed_beta_is_an_input_of_the_compiled_graph(tmp_path):
     run = trainer(tmp_path, epochs=2, **{"train.kl_schedule": "linear",
                                          "train.kl_warmup_epochs": 2.0})
     assert run.config["train"]["jit"]
-    run._compile()
-    compiled = run.objective._differentiable_loss.compiled
+    run.trainer.compile()
+    compiled = run.trainer.objective._differentiable_loss.compiled
     graphs = len(compiled)
     idx = torch.arange(256)
-    x = run.x_test[:256]
+    x = run.data.x_test[:256]
     eager = make_objective("meanfield")
     losses = {}
     for beta in (0.2, 1.0):
-        for name, objective in (("jit", run.objective), ("eager", eager)):
+        for name, objective in (("jit", run.trainer.objective), ("eager", eager)):
             pyro.set_rng_seed(4)
             losses[name, beta] = objective.differentiable_loss(
-                run.loss.model, run.loss.guide, x, idx, torch.tensor(beta),
+                run.trainer.loss.model, run.trainer.loss.guide, x, idx, torch.tensor(beta),
                 batch_size=256, names=("x", "idx", "beta"))
         torch.testing.assert_close(losses["jit", beta], losses["eager", beta],
                                    rtol=1e-5, atol=1e-2)
@@ -124,7 +123,8 @@ def test_annealed_beta_is_an_input_of_the_compiled_graph(tmp_path):
     run.run(figures=False)
     with open(tmp_path / "run" / "metrics.csv") as f:
         betas = [float(row["beta"]) for row in csv.DictReader(f)]
-    assert betas == [run.schedule(run.step // 2 - 1), 1.0] and betas[0] == pytest.approx(0.5)
+    schedule, steps = run.trainer.schedule, run.trainer.step
+    assert betas == [schedule(steps // 2 - 1), 1.0] and betas[0] == pytest.approx(0.5)
 
 
 def test_annealed_training_is_the_same_with_and_without_jit(tmp_path):
@@ -134,7 +134,7 @@ def test_annealed_training_is_the_same_with_and_without_jit(tmp_path):
             "train.kl_schedule": "cyclical", "train.kl_warmup_epochs": 0.5,
             "train.kl_cycle_epochs": 1.0, "train.jit": jit})
         run.run(figures=False)
-        params.append(run.vae.state_dict())
+        params.append(run.program.state_dict())
     for key in params[0]:
         torch.testing.assert_close(params[0][key], params[1][key], rtol=1e-3, atol=1e-4)
 
@@ -160,28 +160,30 @@ def test_factorvae_discriminator_trains_alongside_and_resumes_exactly(tmp_path):
     options = {"train.objective": "factorvae",
                "train.objective_options": {"gamma": 5.0, "hidden": [16], "lr": 1e-2}}
     straight = trainer(tmp_path / "straight", epochs=2, **options)
-    before = {k: v.clone() for k, v in straight.auxiliary.state_dict().items()}
+    before = {k: v.clone() for k, v in straight.trainer.auxiliary.state_dict().items()}
     straight.run(figures=False)
-    after = straight.auxiliary.state_dict()
+    after = straight.trainer.auxiliary.state_dict()
     assert all(not torch.equal(before[k], after[k]) for k in before)
     # The compiled loss sees the trained discriminator (its weights are graph inputs).
-    x, idx = straight.x_train[:256], torch.arange(256)
+    x, idx = straight.data.x_train[:256], torch.arange(256)
     eager = make_objective("factorvae", options={"gamma": 5.0, "hidden": [16]},
                            dims=straight.dims)
     eager.penalty.load_state_dict(after)
     values = []
-    for objective in (straight.objective, eager):
+    for objective in (straight.trainer.objective, eager):
         pyro.set_rng_seed(6)
-        values.append(objective.differentiable_loss(straight.loss.model, straight.loss.guide,
-                                                    x, idx, batch_size=256, names=("x", "idx")))
+        loss = straight.trainer.loss
+        values.append(objective.differentiable_loss(loss.model, loss.guide, x, idx,
+                                                    batch_size=256, names=("x", "idx")))
     torch.testing.assert_close(values[0], values[1], rtol=1e-5, atol=1e-2)
 
     split = trainer(tmp_path / "split", epochs=1, **options)
     split.run(figures=False)
-    resumed = Trainer.resume(tmp_path / "split" / "run", overrides={"train.epochs": 2},
+    resumed = resume(tmp_path / "split" / "run", overrides={"train.epochs": 2},
                              progress=False)
     resumed.run(figures=False)
-    for ours, theirs in ((straight.vae, resumed.vae), (straight.auxiliary, resumed.auxiliary)):
+    for ours, theirs in ((straight.program, resumed.program),
+                         (straight.trainer.auxiliary, resumed.trainer.auxiliary)):
         for key, value in ours.state_dict().items():
             assert torch.equal(value, theirs.state_dict()[key]), key
     with open(tmp_path / "split" / "run" / "metrics.csv") as f:
@@ -262,27 +264,27 @@ def test_cvae_samples_are_the_digits_asked_for(tmp_path):
         "model.hidden": [128], "model.latent_dim": 8, "train.batch_size": 128,
         "train.lr": 3e-3})
     run.run(figures=False)
-    classifier = LogisticRegression(max_iter=2000).fit(run.data.x_train.numpy(),
-                                                       run.data.y_train.numpy())
-    run.vae.eval()
+    classifier = LogisticRegression(max_iter=2000).fit(run.dataset.x_train.numpy(),
+                                                       run.dataset.y_train.numpy())
+    run.program.eval()
     labels = torch.arange(10).repeat_interleave(50)
     with torch.no_grad():
-        samples = run.vae.decode(run.vae.prior().sample((500,)), labels).mean
+        samples = run.program.decode(run.program.prior().sample((500,)), labels).mean
     accuracy = (classifier.predict(samples.numpy()) == labels.numpy()).mean()
     assert accuracy >= 0.9, accuracy
 
     # log p(x | y) by importance sampling: above the ELBO, and lower under wrong labels.
-    x, y = run.x_test[:100], run.y_test[:100]
-    log_px = log_likelihood(run.vae, x, y, num_samples=200)
+    x, y = run.data.x_test[:100], run.data.y_test[:100]
+    log_px = log_likelihood(run.program, x, y, num_samples=200)
     with torch.no_grad():
-        elbo = elbo_terms(run.vae, x, y)["elbo"]
+        elbo = elbo_terms(run.program, x, y)["elbo"]
     assert float(log_px.mean()) > float(elbo.mean())
-    wrong = log_likelihood(run.vae, x, (y + 1) % 10, num_samples=200)
+    wrong = log_likelihood(run.program, x, (y + 1) % 10, num_samples=200)
     assert float(log_px.mean()) > float(wrong.mean()) + 5.0
 
-    paths = plots.save_run_figures(run.vae, run.data, run.metrics, tmp_path)
+    paths = plots.save_run_figures(run.program, run.dataset, run.metrics, tmp_path)
     assert tmp_path / "samples.png" in paths  # the run's figures: a grid of rows by class
-    fig = plots.class_samples(run.vae, run.data.image_shape, num_per_class=4)
+    fig = plots.class_samples(run.program, run.dataset.image_shape, num_per_class=4)
     assert [t.get_text() for t in fig.axes[0].get_yticklabels()] == [str(c) for c in range(10)]
 
 

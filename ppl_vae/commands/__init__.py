@@ -102,34 +102,35 @@ def _int_list(text):
 
 def train_command(args):
     from ppl_vae import distributed
+    from ppl_vae.build import build, resume
     from ppl_vae.config import load_config
     from ppl_vae.device import resolve_device
-    from ppl_vae.inference.loop import Trainer, new_run_dir
+    from ppl_vae.inference.runs import new_run_dir
 
     overrides = {key: getattr(args, flag) for flag, key in TRAIN_OVERRIDES.items()}
     if args.resume:
         if args.out:
             raise PplVaeError("--resume continues a run in its own folder; drop --out")
-        given = {k: v for k, v in overrides.items() if v is not None}
-        trainer = Trainer.resume(args.resume, overrides=given, progress=not args.quiet)
+        experiment = resume(args.resume, overrides=overrides, progress=not args.quiet)
     else:
         config = load_config(args.model, overrides)
         # Under torchrun every process picks the same folder; none creates it before all have.
         distributed.init_from_environment(resolve_device(config["train"]["device"]))
         run_dir = new_run_dir(args.out, config["name"])
         distributed.barrier()
-        trainer = Trainer(config, run_dir, progress=not args.quiet)
+        experiment = build(config, run_dir, progress=not args.quiet)
     if not distributed.is_main():
-        trainer.run()
+        experiment.run()
         return 0
-    print(f"training {trainer.config['name']} on {trainer.data.name} "
-          f"({trainer.dims.num_data} examples, D={trainer.dims.data_dim}) "
-          f"on {trainer.device}; writing to {trainer.run_dir}", file=sys.stderr)
-    last = trainer.run()
+    dims = experiment.dims
+    print(f"training {experiment.config['name']} on {experiment.dataset.name} "
+          f"({dims.num_data} examples, D={dims.data_dim}) "
+          f"on {experiment.device}; writing to {experiment.run_dir}", file=sys.stderr)
+    last = experiment.run()
     print(f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.3f}, "
           f"test ELBO {last['test_elbo']:.3f} nats per example "
           f"(reconstruction {last['test_recon']:.3f}, KL {last['test_kl']:.3f}); "
-          f"results in {trainer.run_dir}")
+          f"results in {experiment.run_dir}")
     return 0
 
 
@@ -240,6 +241,3 @@ def main(argv=None):
 
     return run(dispatch, argv)
 
-
-if __name__ == "__main__":
-    sys.exit(main())

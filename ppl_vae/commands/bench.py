@@ -302,8 +302,9 @@ def bench_svi(args):
 
     import torch
 
+    from ppl_vae.build import build
     from ppl_vae.config import load_config
-    from ppl_vae.inference.loop import Trainer, adam
+    from ppl_vae.inference.loop import adam
 
     torch.set_num_threads(args.threads)
     batch_sizes = (64, 256) if args.quick else (128, 1024)
@@ -329,9 +330,9 @@ def bench_svi(args):
                     "data.dataset": str(path), "model.latent_dim": 16,
                     "train.batch_size": batch_size, "train.objective": objective,
                     "train.jit": jit, "train.device": args.device})
-                trainers.append(Trainer(config, Path(tmp) / objective, progress=False))
+                trainers.append(build(config, progress=False).trainer)
             reference = trainers[0]
-            x, min_scale = reference.x_train, reference.vae.posterior.min_scale
+            x, min_scale = reference.data.x_train, reference.program.posterior.min_scale
             loops = {}
             # The same networks and optimizer as the trainer's (fused Adam, fast
             # binarisation), and the loop as most users write it (default Adam,
@@ -340,14 +341,14 @@ def bench_svi(args):
                     ("plain PyTorch", adam, None),
                     ("plain PyTorch (Adam(), torch.bernoulli)",
                      lambda params, lr: torch.optim.Adam(params, lr=lr), torch.bernoulli)):
-                encoder = copy.deepcopy(reference.vae.posterior.encoder)
-                decoder = copy.deepcopy(reference.vae.decoder)
+                encoder = copy.deepcopy(reference.program.posterior.encoder)
+                decoder = copy.deepcopy(reference.program.decoder)
                 optimizer = make_optimizer([*encoder.parameters(), *decoder.parameters()],
                                            lr=1e-3)
                 loops[label] = functools.partial(plain_torch_epoch, encoder, decoder,
                                                  optimizer, x, batch_size, min_scale, draw)
             for trainer in trainers:
-                trainer._compile()  # as Trainer.run does before the first epoch
+                trainer.compile()  # as Trainer.run does before the first epoch
                 loops[f"ppl-vae Trainer ({type(trainer.objective).__name__})"] = \
                     trainer.train_epoch
             rates = _interleaved(loops, repeats, steps)

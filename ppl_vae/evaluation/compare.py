@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from ppl_vae.device import resolve_device
-from ppl_vae.errors import ConfigError, PplVaeError, TrainingDiverged
+from ppl_vae.errors import ConfigError, PplVaeError
 from ppl_vae.mixture import ConvergenceWarning
 
 DATA_SETS = ("digits", "blobs")
@@ -263,20 +263,22 @@ def train_vae(vae, x, *, steps, batch_size, lr, seed):
     Returns the ELBO per example at each step (-loss / N, a noisy estimate).
     """
     import pyro
-    from pyro.infer import SVI, TraceMeanField_ELBO
+    from pyro.infer import TraceMeanField_ELBO
+
+    from ppl_vae.inference.svi import SVI
 
     optim = pyro.optim.ClippedAdam({"lr": lr, "lrd": 0.01 ** (1 / steps)})
-    svi = SVI(vae.model, vae.guide, optim, TraceMeanField_ELBO(max_plate_nesting=1))
+    svi = SVI.of(vae.model, vae.guide, optim, TraceMeanField_ELBO(max_plate_nesting=1))
     n = len(x)
     generator = torch.Generator().manual_seed(seed)
-    history = np.empty(steps)
-    for step in range(steps):
-        idx = torch.randperm(n, generator=generator)[:batch_size].to(x.device)
-        history[step] = -svi.step(x[idx], idx=idx) / n
-        if not math.isfinite(history[step]):
-            raise TrainingDiverged(f"the VAE's ELBO became {history[step]} at SVI step {step}; "
-                                   "lower the learning rate")
-    return history
+
+    def batches():
+        for _ in range(steps):
+            idx = torch.randperm(n, generator=generator)[:batch_size].to(x.device)
+            yield (x[idx],), {"idx": idx}
+
+    losses = svi.run(batches(), steps, hint="lower the learning rate")
+    return -losses.double().cpu().numpy() / n
 
 
 def implied_mixture(vae):

@@ -123,20 +123,21 @@ def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, de
     row : dict
     paths : list of Path
     """
-    from ppl_vae.inference.loop import Trainer
+    from ppl_vae.build import load_run
 
-    trainer = Trainer.resume(run_dir, overrides={"train.device": device}, progress=False)
-    x_train = trainer.x_train[:gap_points]
-    if trainer.dynamic_binarize:
-        seed = trainer.config["train"]["seed"]
+    run = load_run(run_dir, device=device)
+    data = run.data
+    x_train = data.x_train[:gap_points]
+    if run.trainer.transform is not None:  # binarised per minibatch in training: once here
+        seed = run.config["train"]["seed"]
         x_train = binarize(x_train, torch.Generator(device=x_train.device).manual_seed(seed + 2))
-    y_train = None if trainer.y_train is None else trainer.y_train[:gap_points]
-    row = run_description(trainer.config)
-    row["train_seconds"] = sum(m["seconds"] for m in trainer.metrics)
-    row.update(evaluate_vae(trainer.vae, trainer.x_test, trainer.y_test, x_train=x_train,
+    y_train = None if data.y_train is None else data.y_train[:gap_points]
+    row = run_description(run.config)
+    row["train_seconds"] = sum(m["seconds"] for m in run.metrics)
+    row.update(evaluate_vae(run.program, data.x_test, data.y_test, x_train=x_train,
                             y_train=y_train, num_samples=num_samples, gap_points=gap_points,
                             gap_steps=gap_steps))
-    row["test_set"] = hashlib.sha1(trainer.x_test.cpu().numpy().tobytes()).hexdigest()[:16]
+    row["test_set"] = hashlib.sha1(data.x_test.cpu().numpy().tobytes()).hexdigest()[:16]
     run_dir = Path(run_dir)
     paths = write_table([row], run_dir / "eval.md", run_dir / "eval.csv")
     with open(run_dir / "log_px.csv", "w", newline="") as f:

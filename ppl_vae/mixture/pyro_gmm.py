@@ -16,6 +16,7 @@ Mixture posteriors are identified only up to a permutation of the components; se
 """
 
 import contextlib
+import itertools
 import math
 from dataclasses import dataclass
 
@@ -24,7 +25,7 @@ import pyro
 import pyro.distributions as dist
 import torch
 from pyro import poutine
-from pyro.infer import MCMC, NUTS, SVI, TraceEnum_ELBO, config_enumerate, infer_discrete
+from pyro.infer import MCMC, NUTS, TraceEnum_ELBO, config_enumerate, infer_discrete
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 from pyro.ops.indexing import Vindex
@@ -32,7 +33,8 @@ from tqdm.auto import tqdm
 
 from ppl_vae.data import check_data
 from ppl_vae.device import resolve_device
-from ppl_vae.errors import ConfigError, DataError, NotFittedError, TrainingDiverged
+from ppl_vae.errors import ConfigError, DataError, NotFittedError
+from ppl_vae.inference.svi import SVI
 from ppl_vae.mixture._init import seed_from
 
 GUIDES = {"map": AutoDelta, "meanfield": AutoNormal}
@@ -428,22 +430,16 @@ class PyroGaussianMixture(_MixtureScoring):
         # their size under noisy gradients, so a constant lr leaves the meanfield locs
         # jittering by about lr, more than the posterior std on a few hundred points.
         optim = pyro.optim.ClippedAdam({"lr": self.lr, "lrd": _LR_DECAY ** (1 / self.num_steps)})
-        svi = SVI(mixture_model, self.guide_, optim, loss=TraceEnum_ELBO(max_plate_nesting=1))
+        svi = SVI.of(mixture_model, self.guide_, optim, TraceEnum_ELBO(max_plate_nesting=1))
         n = Z.shape[0]
         # The data's change of units: log p(x) = log p(z) - sum_j log s_j.
         log_jacobian = float(self._spread.log().sum())
-        bounds = np.empty(self.num_steps)
-        steps = tqdm(range(self.num_steps), disable=not self.progress, desc=f"SVI ({self.guide})")
-        for step in steps:
-            loss = svi.step(Z, k, batch_size=self.batch_size, **self._model_kwargs)
-            if not math.isfinite(loss):
-                raise TrainingDiverged(
-                    f"the ELBO became {loss} at SVI step {step}; lower lr (now {self.lr})"
-                )
-            bounds[step] = -loss / n - log_jacobian
-            if step % 50 == 0 or step == self.num_steps - 1:
-                steps.set_postfix(elbo=f"{bounds[step]:.4f}")
-        return bounds
+        batch = ((Z, k), {"batch_size": self.batch_size, **self._model_kwargs})
+        with tqdm(total=self.num_steps, disable=not self.progress,
+                  desc=f"SVI ({self.guide})") as bar:
+            losses = svi.run(itertools.repeat(batch, self.num_steps), self.num_steps, bar=bar,
+                             hint=f"lower lr (now {self.lr})")
+        return -losses.double().cpu().numpy() / n - log_jacobian
 
     def _guide_draws(self, Z, k, num_samples, seed=None):
         """num_samples draws of the guide's sites, vectorized; standardized units."""

@@ -143,7 +143,8 @@ class VampPrior(nn.Module):
     ``support`` is ``"unit"``) they are ``sigmoid(raw)``, so they stay in the data's range;
     for real data they are ``raw`` itself. They start as noise around the middle of that
     range (``init="noise"``, as in the paper); :meth:`init_from_data` sets them to
-    randomly chosen data points instead, which the trainer does when ``init="data"``
+    randomly chosen data points instead, which the builder does for a new run (through
+    :meth:`setup_from_data`) when ``init="data"``
     (``[model.prior_options] init = "data"`` in a model file).
 
     The encoder is the guide's: the prior holds a reference to it that is not a
@@ -194,6 +195,12 @@ class VampPrior(nn.Module):
     def pseudo_inputs(self):
         """The K pseudo-inputs u_k, shape (K, D), in the data's range."""
         return torch.sigmoid(self.raw_pseudo_inputs) if self.unit_range else self.raw_pseudo_inputs
+
+    def setup_from_data(self, x):
+        """The setup step the builder calls for a new run with the training set ``x``:
+        :meth:`init_from_data` when ``init == "data"``, nothing otherwise."""
+        if self.init == "data":
+            self.init_from_data(x)
 
     @torch.no_grad()
     def init_from_data(self, x):
