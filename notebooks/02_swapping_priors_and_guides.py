@@ -1,50 +1,54 @@
-"""Write notebooks/02_swapping_priors_and_guides.ipynb from CELLS; ``python notebooks/_build_02.py``
-runs it in full first (``--no-execute``: cells only), with _build_01.py's tools."""
+# ---
+# jupyter:
+#   jupytext:
+#     formats: ipynb,py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
 
-import runpy
-from pathlib import Path
+# %% [markdown]
+# # Swapping priors and guides
+#
+# A VAE here is three swappable parts around two networks: a **prior** $p(z)$, a **guide**
+# $q(z \mid x)$ and a **likelihood** $p(x \mid z)$. Changing one is changing a name; the Pyro
+# `model` and `guide` programs stay the same (notebook
+# [01_vae_from_scratch.ipynb](01_vae_from_scratch.ipynb) reads them line by line). This
+# notebook trains five VAEs on `digits` that differ in one part each, and measures them
+# honestly:
+#
+# | prior $p(z)$ | guide $q(z \mid x)$ |
+# |---|---|
+# | `normal`: $\mathcal N(0, I)$ | `diagonal`: an encoder outputs $\mu(x), \sigma(x)$ of a diagonal Gaussian |
+# | `mog`: a learned mixture of 10 diagonal Gaussians | `iaf`: that Gaussian pushed through two inverse autoregressive flows (Kingma et al. 2016) |
+# | `vamp`: the VampPrior, $\frac{1}{50}\sum_{k=1}^{50} q(z \mid u_k)$ at 50 learned pseudo-inputs $u_k$ (Tomczak & Welling 2018) | `per-datapoint`: no encoder; a table of $(\mu_n, \sigma_n)$, one row per training point: classical, non-amortized VI |
+#
+# Three numbers per model, all in nats per example on held-out digits, higher is better:
+#
+# 1. the **ELBO**, $\mathbb E_q[\log p(x \mid z)] - \mathrm{KL}(q(z \mid x)\,\|\,p(z))$, the training
+#    objective;
+# 2. **$\log p(x)$ by importance sampling** with $K$ samples from the guide,
+#    $\log \frac1K \sum_{k=1}^K p(x, z_k) / q(z_k \mid x)$: a lower bound that rises to $\log p(x)$
+#    as $K$ grows (Burda et al. 2016). This, not the ELBO, is the number to compare models by:
+#    a model can have a poor ELBO because its guide is poor, not its density;
+# 3. the **inference gap** $\log p(x) - \mathrm{ELBO}$, split in two (Cremer, Li & Duvenaud 2018):
+#    the **approximation gap** $\log p(x) - \mathrm{ELBO}(q^*)$, where $q^*$ is the best member of
+#    the guide's family for each point, found by optimizing that point's parameters
+#    directly; and the **amortization gap** $\mathrm{ELBO}(q^*) - \mathrm{ELBO}(q)$, what the encoder
+#    loses by predicting the parameters instead of optimizing them.
+#
+# **Quick mode**: `PPL_VAE_QUICK=1` runs everything in seconds (the tests run it so). The saved
+# outputs come from a full run, which trains each model for 100 epochs: a fixed, equal budget
+# that keeps the notebook to a few minutes on a CPU, half the 200 epochs of the model zoo, so
+# the numbers compare the parts at equal training time rather than at convergence.
 
-HERE = Path(__file__).resolve().parent
-NOTEBOOK = HERE / "02_swapping_priors_and_guides.ipynb"
-_BUILDER = runpy.run_path(str(HERE / "_build_01.py"), run_name="_build_01")
-
-CELLS = [
-    ("markdown", r"""
-# Swapping priors and guides
-
-A VAE here is three swappable parts around two networks: a **prior** $p(z)$, a **guide**
-$q(z \mid x)$ and a **likelihood** $p(x \mid z)$. Changing one is changing a name; the Pyro
-`model` and `guide` programs stay the same (notebook
-[01_vae_from_scratch.ipynb](01_vae_from_scratch.ipynb) reads them line by line). This
-notebook trains five VAEs on `digits` that differ in one part each, and measures them
-honestly:
-
-| prior $p(z)$ | guide $q(z \mid x)$ |
-|---|---|
-| `normal`: $\mathcal N(0, I)$ | `diagonal`: an encoder outputs $\mu(x), \sigma(x)$ of a diagonal Gaussian |
-| `mog`: a learned mixture of 10 diagonal Gaussians | `iaf`: that Gaussian pushed through two inverse autoregressive flows (Kingma et al. 2016) |
-| `vamp`: the VampPrior, $\frac{1}{50}\sum_{k=1}^{50} q(z \mid u_k)$ at 50 learned pseudo-inputs $u_k$ (Tomczak & Welling 2018) | `per-datapoint`: no encoder; a table of $(\mu_n, \sigma_n)$, one row per training point: classical, non-amortized VI |
-
-Three numbers per model, all in nats per example on held-out digits, higher is better:
-
-1. the **ELBO**, $\mathbb E_q[\log p(x \mid z)] - \mathrm{KL}(q(z \mid x)\,\|\,p(z))$, the training
-   objective;
-2. **$\log p(x)$ by importance sampling** with $K$ samples from the guide,
-   $\log \frac1K \sum_{k=1}^K p(x, z_k) / q(z_k \mid x)$: a lower bound that rises to $\log p(x)$
-   as $K$ grows (Burda et al. 2016). This, not the ELBO, is the number to compare models by:
-   a model can have a poor ELBO because its guide is poor, not its density;
-3. the **inference gap** $\log p(x) - \mathrm{ELBO}$, split in two (Cremer, Li & Duvenaud 2018):
-   the **approximation gap** $\log p(x) - \mathrm{ELBO}(q^*)$, where $q^*$ is the best member of
-   the guide's family for each point, found by optimizing that point's parameters
-   directly; and the **amortization gap** $\mathrm{ELBO}(q^*) - \mathrm{ELBO}(q)$, what the encoder
-   loses by predicting the parameters instead of optimizing them.
-
-**Quick mode**: `PPL_VAE_QUICK=1` runs everything in seconds (the tests run it so). The saved
-outputs come from a full run, which trains each model for 100 epochs: a fixed, equal budget
-that keeps the notebook to a few minutes on a CPU, half the 200 epochs of the model zoo, so
-the numbers compare the parts at equal training time rather than at convergence.
-"""),
-    ("code", r"""
+# %%
 import os
 import warnings
 
@@ -60,8 +64,8 @@ ELBO_SAMPLES = 20 if QUICK else 500  # draws per point of the ELBOs inside the g
 warnings.filterwarnings("ignore", message="IProgress not found")
 print(f"{'quick' if QUICK else 'full'} run: {EPOCHS} epochs per model; log p(x) with K={K}; "
       f"gaps on {GAP_POINTS} held-out digits")
-"""),
-    ("code", r"""
+
+# %%
 import math
 import tempfile
 import time
@@ -73,8 +77,8 @@ import torch
 from IPython.display import display
 
 from ppl_vae import registry
-from ppl_vae.evaluation import plots
 from ppl_vae.config import load_config
+from ppl_vae.evaluation import plots
 from ppl_vae.evaluation.likelihood import evaluate_elbo, inference_gaps, log_likelihood
 from ppl_vae.inference.loop import Trainer
 
@@ -82,24 +86,24 @@ torch.set_num_threads(1)  # small nets: on shared cores more threads only add co
 plt.rcParams.update({"figure.dpi": 72})  # keeps the saved notebook small
 for kind in ("prior", "guide", "likelihood"):
     print(f"registered {kind}s: {', '.join(registry.TABLES[kind])}")
-"""),
-    ("markdown", r"""
-## 1. Five VAEs that differ in one part
 
-Every model starts from `models/vae.toml`: a Bernoulli likelihood on dynamically binarised
-digits, an 8-dimensional latent space, MLPs with two hidden layers of 256 units, the
-analytic-KL objective (`TraceMeanField_ELBO`, which falls back to a Monte Carlo KL where no
-closed form exists, as for the mixture priors), Adam at $10^{-3}$, minibatches of 128, seed 0.
-One override changes one part; the command-line equivalent is in the comment.
+# %% [markdown]
+# ## 1. Five VAEs that differ in one part
+#
+# Every model starts from `models/vae.toml`: a Bernoulli likelihood on dynamically binarised
+# digits, an 8-dimensional latent space, MLPs with two hidden layers of 256 units, the
+# analytic-KL objective (`TraceMeanField_ELBO`, which falls back to a Monte Carlo KL where no
+# closed form exists, as for the mixture priors), Adam at $10^{-3}$, minibatches of 128, seed 0.
+# One override changes one part; the command-line equivalent is in the comment.
+#
+# The per-datapoint guide updates a row of its table only when that point is in the
+# minibatch, about one step in eleven here; `step_scale = 11` makes those steps eleven times
+# larger (see its docstring). Held-out digits have no row: for them the guide fits a fresh
+# $(\mu, \sigma)$ by 200 Adam steps on the point's own ELBO before every number it reports.
+# The VampPrior's pseudo-inputs start at 50 training digits drawn at random rather than at
+# noise (its option `init = "data"`; the trainer calls `VampPrior.init_from_data`).
 
-The per-datapoint guide updates a row of its table only when that point is in the
-minibatch, about one step in eleven here; `step_scale = 11` makes those steps eleven times
-larger (see its docstring). Held-out digits have no row: for them the guide fits a fresh
-$(\mu, \sigma)$ by 200 Adam steps on the point's own ELBO before every number it reports.
-The VampPrior's pseudo-inputs start at 50 training digits drawn at random rather than at
-noise (its option `init = "data"`; the trainer calls `VampPrior.init_from_data`).
-"""),
-    ("code", r"""
+# %%
 VARIANTS = {
     "normal + diagonal": {},                                           # ppl-vae train
     "mog + diagonal": {"model.prior": "mog",                           # --prior mog
@@ -127,23 +131,23 @@ with tempfile.TemporaryDirectory() as runs:
 data = trainers["normal + diagonal"].data
 x_test = trainers["normal + diagonal"].x_test   # binarised once, with the run's fixed seed
 print(f"{len(x_test)} held-out digits, the same for every model")
-"""),
-    ("markdown", r"""
-The ELBO printed there is the trainer's own, per epoch. Every number from here on is
-computed by the functions of `ppl_vae.evaluation.likelihood`, from Pyro traces of each model's own
-`model` and `guide`.
 
-## 2. What each prior learned
+# %% [markdown]
+# The ELBO printed there is the trainer's own, per epoch. Every number from here on is
+# computed by the functions of `ppl_vae.evaluation.likelihood`, from Pyro traces of each model's own
+# `model` and `guide`.
+#
+# ## 2. What each prior learned
+#
+# Samples from each prior, decoded: the means of $p(x \mid z)$ for $z \sim p(z)$. For the
+# mixture prior, the decoded mean of each of its components; for the VampPrior, its learned
+# pseudo-inputs $u_k$, which live in the data's own space and can be drawn as images.
 
-Samples from each prior, decoded: the means of $p(x \mid z)$ for $z \sim p(z)$. For the
-mixture prior, the decoded mean of each of its components; for the VampPrior, its learned
-pseudo-inputs $u_k$, which live in the data's own space and can be drawn as images.
-"""),
-    ("code", r"""
+# %%
 image_shape = data.image_shape
 torch.manual_seed(0)
 fig, axes = plt.subplots(len(trainers), 1, figsize=(7.5, 1.3 * len(trainers)))
-for ax, (name, trainer) in zip(axes, trainers.items()):
+for ax, (name, trainer) in zip(axes, trainers.items(), strict=True):
     plots.image_grid(trainer.vae.sample(12), image_shape, ncols=12, ax=ax,
                      title=f"{name}: samples from the prior")
 fig.tight_layout()
@@ -165,16 +169,16 @@ plt.show()
 weights = prior.mixture_distribution.probs.detach()
 print("mog prior weights, heaviest first: "
       + ", ".join(f"{w:.3f}" for w in weights[order].tolist()))
-"""),
-    ("markdown", r"""
-## 3. The ELBO is not the log-likelihood
 
-How many importance samples are enough? For one model, the estimate of $\log p(x)$ on the
-first 100 held-out digits as $K$ grows. With $K = 1$ it is a one-sample ELBO; every larger
-$K$ gives a tighter bound in expectation, and the estimates level off once $q(z \mid x)$
-covers the posterior well enough. The standard error is across digits.
-"""),
-    ("code", r"""
+# %% [markdown]
+# ## 3. The ELBO is not the log-likelihood
+#
+# How many importance samples are enough? For one model, the estimate of $\log p(x)$ on the
+# first 100 held-out digits as $K$ grows. With $K = 1$ it is a one-sample ELBO; every larger
+# $K$ gives a tighter bound in expectation, and the estimates level off once $q(z \mid x)$
+# covers the posterior well enough. The standard error is across digits.
+
+# %%
 vae = trainers["normal + diagonal"].vae
 torch.manual_seed(0)
 ladder = {}
@@ -186,19 +190,19 @@ for k in K_LADDER:
           f"({time.perf_counter() - start:.1f} s)")
 print(f"from K = {K_LADDER[-2]} to K = {K_LADDER[-1]}: "
       f"{ladder[K_LADDER[-1]] - ladder[K_LADDER[-2]]:+.3f} nats per example")
-"""),
-    ("markdown", r"""
-The table below uses $K$ as printed in the setup cell for all held-out digits; the step
-from that $K$ to the largest one above says how much tighter a larger $K$ would be.
 
-## 4. The table
+# %% [markdown]
+# The table below uses $K$ as printed in the setup cell for all held-out digits; the step
+# from that $K$ to the largest one above says how much tighter a larger $K$ would be.
+#
+# ## 4. The table
+#
+# For each model: the held-out ELBO and its two terms (`evaluate_elbo`), $\log p(x)$
+# (`log_likelihood`, with its standard error across digits), and the gaps on the first
+# held-out digits (`inference_gaps`: $q^*$ fitted by Adam from the guide's own parameters for
+# each point, both ELBOs averaged over many draws of $z$).
 
-For each model: the held-out ELBO and its two terms (`evaluate_elbo`), $\log p(x)$
-(`log_likelihood`, with its standard error across digits), and the gaps on the first
-held-out digits (`inference_gaps`: $q^*$ fitted by Adam from the guide's own parameters for
-each point, both ELBOs averaged over many draws of $z$).
-"""),
-    ("code", r"""
+# %%
 rows, per_digit = [], {}
 for name, trainer in trainers.items():
     vae = trainer.vae
@@ -223,8 +227,8 @@ for name, trainer in trainers.items():
 table = pd.DataFrame(rows).set_index(["prior", "guide"])
 display(table.round(2))
 print(f"nats per example on {len(x_test)} held-out digits; gaps on the first {GAP_POINTS}")
-"""),
-    ("code", r"""
+
+# %%
 names = [f"{p} + {g}" for p, g in table.index]
 y = np.arange(len(names))[::-1]
 fig, ax = plt.subplots(figsize=(8, 3.2))
@@ -248,14 +252,14 @@ ax.legend(loc="lower right", fontsize=8)
 ax.set_title("log p(x) - ELBO, in two parts")
 fig.tight_layout()
 plt.show()
-"""),
-    ("markdown", r"""
-## 5. What the numbers say
 
-The cell below reads the table and prints the comparisons; the text after it says what
-they mean.
-"""),
-    ("code", r"""
+# %% [markdown]
+# ## 5. What the numbers say
+#
+# The cell below reads the table and prints the comparisons; the text after it says what
+# they mean.
+
+# %%
 column = f"log p(x), K={K}"
 base = per_digit["normal + diagonal"]
 print(f"log p(x) against the baseline (normal prior, diagonal guide, {base.mean():.2f}), "
@@ -277,43 +281,32 @@ print("largest approximation gap: " + " + ".join(table["approximation gap"].idxm
       + f" ({table['approximation gap'].min():.2f})")
 print("training seconds: " + ", ".join(f"{' + '.join(i)} {s:.0f}"
                                        for i, s in table["train s"].items()))
-"""),
-    ("markdown", r"""
-How to read them:
 
-- **Compare models by $\log p(x)$, not by the ELBO.** The ELBO charges each model for its
-  guide's shortfall, $\mathrm{KL}(q \,\|\, p(z \mid x))$, and that shortfall differs between
-  guides; the importance-sampled estimate removes most of it. The standard errors in the
-  table are across digits, and large, because digits differ; all models are scored on the
-  same digits, so their differences are known better, as the paired errors above show.
-- **The amortization gap is the price of the encoder.** For the amortized guides it is
-  what one network's prediction of $(\mu, \sigma)$ loses against optimizing each held-out
-  point's own parameters. The per-datapoint guide has no encoder: on held-out points its
-  $q$ *is* such an optimization (200 steps from the prior), so its amortization gap only
-  measures the extra steps of the $q^*$ fit, and it pays instead in time, at every
-  evaluation.
-- **The approximation gap is the price of the family.** It is what even the best diagonal
-  Gaussian (or the best flow, for `iaf`) misses of the true posterior. A richer guide can
-  shrink it; a richer prior changes the posterior itself.
-- **At this budget**, the lines above say which swaps paid off: the VampPrior raises
-  $\log p(x)$ above the baseline's by several paired standard errors; the flow guide has the
-  smallest approximation gap but a lower $\log p(x)$ (it has more to learn in the same
-  epochs); and the per-datapoint guide, whose rows move only when their point is in the
-  minibatch, ends furthest behind, with the decoder it trained.
-
-To train any of these from the command line: `ppl-vae train --prior vamp`,
-`ppl-vae train --guide iaf`, and `ppl-vae eval RUN_DIR` for the same numbers with
-$K = 5000$ (see the README's model zoo for every model trained to convergence).
-[03_em_vs_vi_vs_amortized.ipynb](03_em_vs_vi_vs_amortized.ipynb) compares amortized VI with
-EM and mean-field VI on the Gaussian mixture.
-"""),
-]
-
-
-def build():
-    """The notebook's cells, without outputs."""
-    return _BUILDER["build"](CELLS)
-
-
-if __name__ == "__main__":
-    _BUILDER["main"](cells=CELLS, notebook=NOTEBOOK, description=__doc__)
+# %% [markdown]
+# How to read them:
+#
+# - **Compare models by $\log p(x)$, not by the ELBO.** The ELBO charges each model for its
+#   guide's shortfall, $\mathrm{KL}(q \,\|\, p(z \mid x))$, and that shortfall differs between
+#   guides; the importance-sampled estimate removes most of it. The standard errors in the
+#   table are across digits, and large, because digits differ; all models are scored on the
+#   same digits, so their differences are known better, as the paired errors above show.
+# - **The amortization gap is the price of the encoder.** For the amortized guides it is
+#   what one network's prediction of $(\mu, \sigma)$ loses against optimizing each held-out
+#   point's own parameters. The per-datapoint guide has no encoder: on held-out points its
+#   $q$ *is* such an optimization (200 steps from the prior), so its amortization gap only
+#   measures the extra steps of the $q^*$ fit, and it pays instead in time, at every
+#   evaluation.
+# - **The approximation gap is the price of the family.** It is what even the best diagonal
+#   Gaussian (or the best flow, for `iaf`) misses of the true posterior. A richer guide can
+#   shrink it; a richer prior changes the posterior itself.
+# - **At this budget**, the lines above say which swaps paid off: the VampPrior raises
+#   $\log p(x)$ above the baseline's by several paired standard errors; the flow guide has the
+#   smallest approximation gap but a lower $\log p(x)$ (it has more to learn in the same
+#   epochs); and the per-datapoint guide, whose rows move only when their point is in the
+#   minibatch, ends furthest behind, with the decoder it trained.
+#
+# To train any of these from the command line: `ppl-vae train --prior vamp`,
+# `ppl-vae train --guide iaf`, and `ppl-vae eval RUN_DIR` for the same numbers with
+# $K = 5000$ (see the README's model zoo for every model trained to convergence).
+# [03_em_vs_vi_vs_amortized.ipynb](03_em_vs_vi_vs_amortized.ipynb) compares amortized VI with
+# EM and mean-field VI on the Gaussian mixture.
