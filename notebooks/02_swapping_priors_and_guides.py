@@ -115,16 +115,22 @@ VARIANTS = {
                                "model.guide_options": {"step_scale": 11.0, "fit_steps": 200}},
 }
 
+
+def train(config, run_dir):
+    # The trained Trainer, its VAE in eval mode, and the numbers of its last epoch.
+    trainer = Trainer(config, run_dir, progress=False)
+    last = trainer.run(figures=False)
+    trainer.vae.eval()
+    return trainer, last
+
+
 trainers, train_seconds = {}, {}
 with tempfile.TemporaryDirectory() as runs:
     for name, overrides in VARIANTS.items():
         config = load_config("vae", {**overrides, "train.epochs": EPOCHS, "train.device": "cpu"})
         start = time.perf_counter()
-        trainer = Trainer(config, os.path.join(runs, name.replace(" + ", "-")), progress=False)
-        last = trainer.run(figures=False)
+        trainers[name], last = train(config, os.path.join(runs, name.replace(" + ", "-")))
         train_seconds[name] = time.perf_counter() - start
-        trainer.vae.eval()
-        trainers[name] = trainer
         print(f"{name:>24}: test ELBO {last['test_elbo']:8.3f} after {last['epoch']} epochs, "
               f"{train_seconds[name]:5.1f} s")
 
