@@ -1,16 +1,22 @@
-"""The notebooks: each runs in quick mode, and each is committed with clean outputs.
+"""The notebooks: each runs in quick mode, each is committed with clean outputs, and each
+committed .ipynb holds the cells of its source.
 
-Quick mode (``PPL_VAE_QUICK=1``) shrinks a notebook's work to seconds. The committed
-notebooks hold the outputs of a full run; a notebook saved without them, or with an error,
-a warning or a path of the machine that ran it in them, fails here. A notebook written by a
-``notebooks/_build_*.py`` script must hold exactly the cells that script builds.
+A notebook's source is ``notebooks/NN_name.py`` in jupytext's percent format, paired with
+``notebooks/NN_name.ipynb``, which holds the outputs of a full run. After editing a source,
+``jupytext --sync notebooks/NN_name.py`` writes its cells into the .ipynb and keeps the outputs;
+``jupyter execute --inplace notebooks/NN_name.ipynb`` (without PPL_VAE_QUICK) runs it in full.
+
+Quick mode (``PPL_VAE_QUICK=1``) shrinks a notebook's work to seconds; the tests run the
+source so. A notebook saved without outputs, or with an error, a warning or a path of the
+machine that ran it in them, fails here.
 """
 
+import difflib
 import os
-import runpy
 import sys
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -18,7 +24,8 @@ from nbclient import NotebookClient
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOK_DIR = ROOT / "notebooks"
 NOTEBOOKS = sorted(NOTEBOOK_DIR.glob("*.ipynb"))
-BUILDERS = sorted(NOTEBOOK_DIR.glob("_build_*.py"))
+SOURCES = sorted(NOTEBOOK_DIR.glob("*.py"))
+PAIRING = "ipynb,py:percent"  # the jupytext formats each notebook's metadata names
 CELL_TIMEOUT = 300  # seconds; a quick-mode cell needs a few
 MAX_BYTES = 1_000_000
 
@@ -63,7 +70,7 @@ def _problems(nb):
     return found
 
 
-@pytest.mark.parametrize("path", NOTEBOOKS, ids=_ids(NOTEBOOKS))
+@pytest.mark.parametrize("path", SOURCES, ids=_ids(SOURCES))
 def test_notebook_runs_in_quick_mode(path, tmp_path, monkeypatch):
     monkeypatch.setenv("PPL_VAE_QUICK", "1")
     monkeypatch.setenv("PYDEVD_DISABLE_FILE_VALIDATION", "1")  # ipykernel's debugger notice
@@ -71,14 +78,14 @@ def test_notebook_runs_in_quick_mode(path, tmp_path, monkeypatch):
     # torch.set_num_threads does not reach; on shared cores, one thread is several times faster.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     before = set(NOTEBOOK_DIR.rglob("*"))
-    nb = nbformat.read(path, as_version=4)
+    nb = jupytext.read(path)  # the source's cells, without outputs
     nb.cells.insert(0, nbformat.v4.new_code_cell(KERNEL_CHECK))
     client = NotebookClient(nb, kernel_name="python3", timeout=CELL_TIMEOUT,
                             resources={"metadata": {"path": str(tmp_path)}})
     client.execute()  # raises CellExecutionError, naming the cell, on the first error
     nb.cells.pop(0)
     assert not _problems(nb), "\n".join(_problems(nb))
-    # Colleagues' new notebooks and builders may appear meanwhile; anything else is ours.
+    # Colleagues' new notebooks may appear meanwhile; anything else is ours.
     written = [p for p in set(NOTEBOOK_DIR.rglob("*")) - before
                if not (p.parent == NOTEBOOK_DIR and p.suffix in (".ipynb", ".py"))]
     assert not written, f"the notebook wrote into notebooks/: {sorted(written)}"
@@ -98,15 +105,34 @@ def test_committed_notebook_has_clean_outputs(path):
     assert not _problems(nb), "\n".join(_problems(nb))
 
 
-@pytest.mark.parametrize("builder", BUILDERS, ids=_ids(BUILDERS))
-def test_built_notebook_matches_its_builder(builder):
-    namespace = runpy.run_path(str(builder), run_name=builder.stem)  # writes no __pycache__
-    built, notebook = namespace["build"](), namespace["NOTEBOOK"]
-    committed = nbformat.read(notebook, as_version=4)
+def _cells(nb):
+    return [(cell.cell_type, cell.source) for cell in nb.cells]
 
-    def cells(nb):
-        return [(cell.cell_type, cell.source) for cell in nb.cells]
 
-    assert cells(committed) == cells(built), (
-        f"{notebook.name} differs from what {builder.name} builds; run "
-        f"python notebooks/{builder.name} and commit both")
+def _first_difference(ours, theirs, names):
+    """Where the cell lists ``ours`` and ``theirs`` first differ, as a diff of that cell."""
+    for number, (a, b) in enumerate(zip(ours, theirs, strict=False)):
+        if a != b:
+            diff = difflib.unified_diff([f"[{a[0]}]\n", *a[1].splitlines(True)],
+                                        [f"[{b[0]}]\n", *b[1].splitlines(True)], *names)
+            return f"cell {number} differs:\n" + "".join(diff)
+    return f"{len(ours)} cells in {names[0]}, {len(theirs)} in {names[1]}"
+
+
+@pytest.mark.parametrize("name", sorted({p.stem for p in NOTEBOOKS + SOURCES}))
+def test_notebook_is_in_sync_with_its_source(name):
+    source, notebook = NOTEBOOK_DIR / f"{name}.py", NOTEBOOK_DIR / f"{name}.ipynb"
+    assert source.exists() and notebook.exists(), (
+        f"{name}: a notebook is a pair of notebooks/{name}.py (the source, jupytext percent "
+        f"format) and notebooks/{name}.ipynb; run jupytext --set-formats {PAIRING} on the "
+        "one there is")
+    text, paired = jupytext.read(source), jupytext.read(notebook)
+    for path, nb in ((source, text), (notebook, paired)):
+        formats = nb.metadata.get("jupytext", {}).get("formats")
+        assert formats == PAIRING, f"{path.name} is paired as {formats!r}, not {PAIRING!r}"
+    assert text.metadata["jupytext"]["text_representation"]["format_name"] == "percent"
+    ours, theirs = _cells(text), _cells(paired)
+    assert ours == theirs, (
+        f"{notebook.name} does not hold the cells of {source.name}; run "
+        f"jupytext --sync notebooks/{source.name} and commit both\n"
+        + _first_difference(ours, theirs, (source.name, notebook.name)))
