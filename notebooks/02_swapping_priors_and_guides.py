@@ -77,10 +77,10 @@ import torch
 from IPython.display import display
 
 from ppl_vae import registry
+from ppl_vae.build import build
 from ppl_vae.config import load_config
 from ppl_vae.evaluation import plots
 from ppl_vae.evaluation.likelihood import evaluate_elbo, inference_gaps, log_likelihood
-from ppl_vae.inference.loop import Trainer
 
 torch.set_num_threads(1)  # small nets: on shared cores more threads only add contention
 plt.rcParams.update({"figure.dpi": 72})  # keeps the saved notebook small
@@ -117,10 +117,11 @@ VARIANTS = {
 
 
 def train(config, run_dir):
-    # The trained Trainer, its VAE in eval mode, and the numbers of its last epoch.
-    trainer = Trainer(config, run_dir, progress=False)
+    # The trained run (a ppl_vae.build.Experiment), its VAE in eval mode, and the numbers
+    # of its last epoch.
+    trainer = build(config, run_dir, progress=False)
     last = trainer.run(figures=False)
-    trainer.vae.eval()
+    trainer.program.eval()
     return trainer, last
 
 
@@ -134,8 +135,8 @@ with tempfile.TemporaryDirectory() as runs:
         print(f"{name:>24}: test ELBO {last['test_elbo']:8.3f} after {last['epoch']} epochs, "
               f"{train_seconds[name]:5.1f} s")
 
-data = trainers["normal + diagonal"].data
-x_test = trainers["normal + diagonal"].x_test   # binarised once, with the run's fixed seed
+data = trainers["normal + diagonal"].dataset
+x_test = trainers["normal + diagonal"].data.x_test   # binarised once, with the run's fixed seed
 print(f"{len(x_test)} held-out digits, the same for every model")
 
 # %% [markdown]
@@ -154,13 +155,13 @@ image_shape = data.image_shape
 torch.manual_seed(0)
 fig, axes = plt.subplots(len(trainers), 1, figsize=(7.5, 1.3 * len(trainers)))
 for ax, (name, trainer) in zip(axes, trainers.items(), strict=True):
-    plots.image_grid(trainer.vae.sample(12), image_shape, ncols=12, ax=ax,
+    plots.image_grid(trainer.program.sample(12), image_shape, ncols=12, ax=ax,
                      title=f"{name}: samples from the prior")
 fig.tight_layout()
 plt.show()
 
-mog = trainers["mog + diagonal"].vae
-vamp = trainers["vamp + diagonal"].vae
+mog = trainers["mog + diagonal"].program
+vamp = trainers["vamp + diagonal"].program
 with torch.no_grad():
     prior = mog.prior()
     component_means = mog.decode(prior.component_distribution.base_dist.loc).mean
@@ -185,7 +186,7 @@ print("mog prior weights, heaviest first: "
 # covers the posterior well enough. The standard error is across digits.
 
 # %%
-vae = trainers["normal + diagonal"].vae
+vae = trainers["normal + diagonal"].program
 torch.manual_seed(0)
 ladder = {}
 for k in K_LADDER:
@@ -211,7 +212,7 @@ print(f"from K = {K_LADDER[-2]} to K = {K_LADDER[-1]}: "
 # %%
 rows, per_digit = [], {}
 for name, trainer in trainers.items():
-    vae = trainer.vae
+    vae = trainer.program
     torch.manual_seed(0)
     start = time.perf_counter()
     elbo = evaluate_elbo(vae, x_test)

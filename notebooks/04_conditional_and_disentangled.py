@@ -72,13 +72,13 @@ import pyro
 import torch
 from sklearn.linear_model import LogisticRegression
 
+from ppl_vae.build import build
 from ppl_vae.config import load_config
 from ppl_vae.data import shapes
 from ppl_vae.evaluation import plots
 from ppl_vae.evaluation.aggregate import kl_decomposition
 from ppl_vae.evaluation.disentanglement import factor_vae_score, latent_traversals, mig
 from ppl_vae.evaluation.likelihood import elbo_terms, log_likelihood
-from ppl_vae.inference.loop import Trainer
 from ppl_vae.inference.penalties import PenalizedELBO, TotalCorrelation
 from ppl_vae.inference.schedules import KLSchedule
 from ppl_vae.vae import VAE
@@ -88,10 +88,11 @@ RUNS = Path(tempfile.mkdtemp(prefix="ppl_vae_04_"))
 
 
 def train(model_file, name, **overrides):
-    # Train models/<model_file>.toml with overrides; the trained Trainer, its VAE in eval mode.
-    trainer = Trainer(load_config(model_file, overrides), RUNS / name, progress=False)
+    # Train models/<model_file>.toml with overrides; the trained run (a
+    # ppl_vae.build.Experiment), its VAE in eval mode.
+    trainer = build(load_config(model_file, overrides), RUNS / name, progress=False)
     trainer.run(figures=False)
-    trainer.vae.eval()
+    trainer.program.eval()
     return trainer
 
 
@@ -127,7 +128,7 @@ print(f"CVAE after {row['epoch']} epochs: test ELBO {row['test_elbo']:.2f} = rec
 
 # %%
 torch.manual_seed(0)
-plots.class_samples(cvae.vae, cvae.data.image_shape, num_per_class=12)
+plots.class_samples(cvae.program, cvae.dataset.image_shape, num_per_class=12)
 plt.show()
 
 # %% [markdown]
@@ -136,15 +137,15 @@ plt.show()
 # check. Its accuracy on real test digits is the yardstick.
 
 # %%
-classifier = LogisticRegression(max_iter=2000).fit(cvae.data.x_train.numpy(),
-                                                   cvae.data.y_train.numpy())
+classifier = LogisticRegression(max_iter=2000).fit(cvae.dataset.x_train.numpy(),
+                                                   cvae.dataset.y_train.numpy())
 torch.manual_seed(1)
 asked = torch.arange(10).repeat_interleave(100)
 with torch.no_grad():
-    samples = cvae.vae.decode(cvae.vae.prior().sample((len(asked),)), asked).mean
+    samples = cvae.program.decode(cvae.program.prior().sample((len(asked),)), asked).mean
 read = torch.as_tensor(classifier.predict(samples.numpy()))
 print(f"classifier accuracy on real test digits: "
-      f"{classifier.score(cvae.data.x_test.numpy(), cvae.data.y_test.numpy()):.3f}")
+      f"{classifier.score(cvae.dataset.x_test.numpy(), cvae.dataset.y_test.numpy()):.3f}")
 print(f"CVAE samples read as the class asked for: {(read == asked).float().mean():.3f}")
 print("per class:", " ".join(f"{c}: {(read[asked == c] == c).float().mean():.2f}"
                              for c in range(10)))
@@ -158,11 +159,11 @@ print("per class:", " ".join(f"{c}: {(read[asked == c] == c).float().mean():.2f}
 # Bayes' rule with a uniform $p(y)$: $\hat y = \arg\max_y \log p_\theta(x \mid y)$.
 
 # %%
-x, y = cvae.x_test, cvae.y_test
+x, y = cvae.data.x_test, cvae.data.y_test
 torch.manual_seed(2)
 with torch.no_grad():
-    elbo = elbo_terms(cvae.vae, x, y)["elbo"].mean()
-by_label = torch.stack([log_likelihood(cvae.vae, x, torch.full_like(y, c),
+    elbo = elbo_terms(cvae.program, x, y)["elbo"].mean()
+by_label = torch.stack([log_likelihood(cvae.program, x, torch.full_like(y, c),
                                        num_samples=IMPORTANCE_SAMPLES) for c in range(10)], 1)
 true = by_label.gather(1, y[:, None]).squeeze(1)
 wrong = (by_label.sum(1) - true) / 9
@@ -256,12 +257,12 @@ print(f"{'variant':>11} | {'test ELBO':>9} | {'recon':>7} | {'KL':>5} = {'MI':>5
       f"{'dimKL':>5} | {'MIG':>5} | FactorVAE score")
 results = {}
 for name, run in runs.items():
-    assert torch.equal(run.data.x_test, data.x_test)  # the factors belong to these images
+    assert torch.equal(run.dataset.x_test, data.x_test)  # the factors belong to these images
     torch.manual_seed(0)
     with torch.no_grad():
-        codes = run.vae.encode(run.x_test).mean
-    terms = kl_decomposition(run.vae, run.x_test)
-    score = factor_vae_score(lambda images, vae=run.vae: vae.encode(images).mean,
+        codes = run.program.encode(run.data.x_test).mean
+    terms = kl_decomposition(run.program, run.data.x_test)
+    score = factor_vae_score(lambda images, vae=run.program: vae.encode(images).mean,
                              shapes.sample_factors, observe, num_train=VOTES,
                              num_eval=VOTES // 2, generator=torch.Generator().manual_seed(0))
     results[name] = mig(codes, factors_test)
@@ -289,9 +290,9 @@ for name, run in runs.items():
 for name in ("shapes_vae", "beta_tcvae"):
     run = runs[name]
     with torch.no_grad():
-        means = run.vae.encode(run.x_test).mean
+        means = run.program.encode(run.data.x_test).mean
     order = means.var(0).argsort(descending=True).tolist()
-    fig = latent_traversals(lambda z, vae=run.vae: vae.decode(z).mean, means[0], (32, 32),
+    fig = latent_traversals(lambda z, vae=run.program: vae.decode(z).mean, means[0], (32, 32),
                             values=torch.linspace(-2.5, 2.5, 9), dims=order)
     fig.axes[0].set_title(f"{name}: latent traversals (MIG {results[name]:.3f})")
     plt.show()
