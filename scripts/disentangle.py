@@ -43,6 +43,7 @@ from ppl_vae.errors import PplVaeError  # noqa: E402
 from ppl_vae.evaluation.aggregate import kl_decomposition  # noqa: E402
 from ppl_vae.evaluation.disentanglement import factor_vae_score, latent_traversals, mig  # noqa: E402
 from ppl_vae.evaluation.likelihood import active_units  # noqa: E402
+from ppl_vae.evaluation.tables import markdown_table  # noqa: E402
 
 DEFAULT_VARIANTS = ("shapes_vae", "beta_vae", "beta_tcvae", "factor_vae", "dip_vae",
                     "joint_vae")
@@ -165,19 +166,6 @@ def train(name, run_dir, args):
     return trainer
 
 
-def markdown_table(rows):
-    lines = ["| " + " | ".join(header for _, header, _ in COLUMNS) + " |",
-             "|" + "|".join("---" if d is None else "---:" for _, _, d in COLUMNS) + "|"]
-    for row in rows:
-        cells = []
-        for key, _, digits in COLUMNS:
-            value = row.get(key)
-            cells.append("" if value is None or (digits is not None and math.isnan(value))
-                         else str(value) if digits is None else f"{value:.{digits}f}")
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
-
-
 def budget_line(args, seconds):
     return (f"Budget: {args.num_data:,} shapes of {args.image_size}x{args.image_size} "
             f"(80% train), latent_dim {args.latent_dim}, MLP {'-'.join(map(str, args.hidden))},"
@@ -206,7 +194,7 @@ def main(argv=None):
               f"{rows[-1]['factor_vae_score']:.3f}, test ELBO {rows[-1]['test_elbo']:.1f}",
               file=sys.stderr, flush=True)
     budget = budget_line(args, time.perf_counter() - start)
-    table = markdown_table(rows)
+    table = markdown_table(rows, COLUMNS)
     (out / "disentangle.md").write_text(f"{table}\n{budget}\n")
     with open(out / "disentangle.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=[key for key, _, _ in COLUMNS])

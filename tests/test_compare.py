@@ -24,7 +24,7 @@ from ppl_vae.mixture.arviz_export import align_components
 from ppl_vae.vae import Dims, build_vae
 
 ROOT = Path(__file__).resolve().parent.parent
-# The parameters of ppl_vae.commands.gmm.make_blobs, which generates compare's "blobs".
+# The parameters of ppl_vae.data.points.make_blobs, which generates compare's "blobs".
 BLOBS_MEANS = np.array([[0.0, 0.0], [5.0, 4.0], [-4.0, 5.0]])
 # Means recovered from 1,200 points: each component's sample mean is off by about
 # sd / sqrt(n_k) <= 1.5 / sqrt(240) ~ 0.1 per coordinate; 0.25 is 2.5 of those.

@@ -10,7 +10,8 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
-from ppl_vae.commands.gmm import load_data, main
+from ppl_vae.commands.gmm import main
+from ppl_vae.data.points import load_points
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -33,7 +34,7 @@ def test_em_quick_writes_figures_and_a_result_that_matches_scipy(tmp_path, capsy
     assert result["ari_test"] >= 0.95 and result["ari_train"] >= 0.95
     assert sum(result["weights"]) == pytest.approx(1.0)
     # The reported held-out score is the mixture density of the reported parameters.
-    data = load_data("blobs", seed=1, quick=True)
+    data = load_points("blobs", seed=1, quick=True)
     direct = logsumexp([np.log(w) + multivariate_normal(m, c).logpdf(data.x_test)
                         for w, m, c in zip(result["weights"], result["means"],
                                            result["covariances"], strict=True)], axis=0)

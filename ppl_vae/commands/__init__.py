@@ -8,6 +8,7 @@ user error (a :class:`~ppl_vae.errors.PplVaeError`) ends as one line on stderr,
 import argparse
 import sys
 
+from ppl_vae.commands.common import OneLineParser, run_command
 from ppl_vae.errors import PplVaeError
 
 # Command-line flag -> configuration key (see ppl_vae.config.DEFAULTS).
@@ -166,7 +167,7 @@ def gmm_command(argv):
 
 
 def compare_command(argv):
-    from ppl_vae.evaluation.compare import main as compare_main
+    from ppl_vae.commands.compare import main as compare_main
 
     return compare_main(argv)
 
@@ -182,7 +183,7 @@ OWN_PARSERS = {"gmm": gmm_command, "compare": compare_command, "bench": bench_co
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="ppl-vae",
         description="Variational autoencoders as Pyro programs, beside the Gaussian mixtures "
                     "(EM, mean-field VI, Pyro SVI and NUTS) they grow out of.")
@@ -203,27 +204,18 @@ def build_parser():
     return parser
 
 
-def run(main, argv=None):
-    """Call ``main(argv)``, turning user errors into one line and exit status 2."""
-    try:
-        return main(argv)
-    except PplVaeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+run = run_command  # the name scripts/ use
 
 
 def train_main(argv=None):
-    parser = argparse.ArgumentParser(prog="train_vae.py",
+    parser = OneLineParser(prog="train_vae.py",
                                      description="Train a VAE with SVI.")
     add_train_arguments(parser)
     return run(lambda a: train_command(parser.parse_args(a)), argv)
 
 
 def eval_main(argv=None):
-    parser = argparse.ArgumentParser(prog="evaluate.py",
+    parser = OneLineParser(prog="evaluate.py",
                                      description="Evaluate the checkpoint of a run folder.")
     add_eval_arguments(parser)
     return run(lambda a: eval_command(parser.parse_args(a)), argv)

@@ -15,7 +15,6 @@ their ratio. A benchmark is a function ``(args) -> dict`` registered in
 (``--json`` writes them).
 """
 
-import argparse
 import functools
 import json
 import math
@@ -29,6 +28,8 @@ import time
 import warnings
 
 import numpy as np
+
+from ppl_vae.commands.common import OneLineParser
 
 BENCHMARKS = {}
 
@@ -559,7 +560,7 @@ def bench_eval(args):
 
 
 def build_parser(prog=None):
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=[*BENCHMARKS, "all"], help="benchmark to run")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for a smoke test")
     parser.add_argument("--iters", type=int, help="EM iterations (gmm; default 10)")
@@ -594,7 +595,3 @@ def main(argv=None, prog=None):
     return 0
 
 
-if __name__ == "__main__":
-    from ppl_vae.commands import run
-
-    sys.exit(run(main))

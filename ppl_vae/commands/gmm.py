@@ -13,7 +13,6 @@ statistics are summed over the processes each iteration, so the fit is that of a
 Only rank 0 prints, shows progress, evaluates and writes files.
 """
 
-import argparse
 import json
 import math
 import os
@@ -28,95 +27,14 @@ import torch
 from tqdm.auto import tqdm
 
 from ppl_vae import distributed
+from ppl_vae.commands.common import OneLineParser, run_command
+from ppl_vae.data.points import load_points
 from ppl_vae.device import resolve_device
-from ppl_vae.errors import ConfigError, DataError, PplVaeError
+from ppl_vae.errors import ConfigError
 from ppl_vae.mixture._covariance import COVARIANCE_TYPES, covariance_type
-from ppl_vae.mixture._data import as_2d_tensor, check_finite
 
 METHOD_NAMES = ("em", "cavi", "pyro-map", "pyro-meanfield", "nuts")
 SHARDED_METHODS = ("em", "cavi")  # the methods that torchrun spreads over processes
-TEST_FRACTION = 0.2
-
-
-class OneLineParser(argparse.ArgumentParser):
-    """argparse that reports a usage error as one line and exit status 2."""
-
-    def error(self, message):
-        raise ConfigError(message)
-
-
-# ---------------------------------------------------------------------------- data
-
-
-@dataclass
-class Data:
-    name: str
-    x_train: np.ndarray
-    x_test: np.ndarray
-    y_train: np.ndarray | None = None
-    y_test: np.ndarray | None = None
-
-
-def _split(name, X, y, seed):
-    order = np.random.default_rng(seed).permutation(len(X))
-    n_test = max(1, int(round(TEST_FRACTION * len(X))))
-    test, train = order[:n_test], order[n_test:]
-    return Data(name, X[train], X[test], None if y is None else y[train],
-                None if y is None else y[test])
-
-
-def make_blobs(n_samples, seed):
-    """Three 2-D Gaussians with different shapes and weights: a known truth."""
-    rng = np.random.default_rng(seed)
-    weights = np.array([0.5, 0.3, 0.2])
-    means = np.array([[0.0, 0.0], [5.0, 4.0], [-4.0, 5.0]])
-    covariances = np.array([[[2.0, 1.2], [1.2, 1.5]], [[0.6, -0.3], [-0.3, 0.8]],
-                            [[1.5, 0.0], [0.0, 0.3]]])
-    labels = rng.choice(3, size=n_samples, p=weights)
-    noise = rng.standard_normal((n_samples, 2))
-    chol = np.linalg.cholesky(covariances)
-    X = means[labels] + np.einsum("nij,nj->ni", chol[labels], noise)
-    return X, labels
-
-
-def _sklearn_set(loader, pca_dims=None):
-    bunch = loader()
-    X = bunch.data.astype(np.float64)
-    if pca_dims is not None:
-        from sklearn.decomposition import PCA
-
-        X = PCA(n_components=pca_dims, random_state=0).fit_transform(X)
-    return X, bunch.target
-
-
-def load_data(spec, *, pca_dims=2, seed=0, quick=False):
-    """``blobs``, ``digits`` (PCA to ``pca_dims``), ``iris``, ``wine`` or a ``.npy`` path."""
-    from sklearn import datasets
-
-    if spec == "blobs":
-        X, y = make_blobs(300 if quick else 1500, seed)
-    elif spec == "digits":
-        if not 1 <= pca_dims <= 64:
-            raise ConfigError(f"--pca-dims must be between 1 and 64; got {pca_dims}")
-        X, y = _sklearn_set(datasets.load_digits, pca_dims)
-    elif spec in ("iris", "wine"):
-        X, y = _sklearn_set(getattr(datasets, f"load_{spec}"))
-    else:
-        path = Path(spec)
-        if path.suffix != ".npy":
-            raise ConfigError(f"--data must be blobs, digits, iris, wine or a .npy file; "
-                              f"got {spec!r}")
-        if not path.is_file():
-            raise DataError(f"data file {spec!r} does not exist")
-        try:
-            X = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise DataError(f"cannot read {spec!r} as a .npy array: {exc}") from None
-        y = None
-    check_finite(as_2d_tensor(X, name=spec), name=spec)
-    if quick and len(X) > 400:
-        X, y = X[:400], None if y is None else y[:400]
-    return _split(spec, np.asarray(X), y, seed)
 
 
 # ---------------------------------------------------------------------------- methods
@@ -309,7 +227,7 @@ def run(args):
 
 
 def _fit_and_report(args):
-    data = load_data(args.data, pca_dims=args.pca_dims, seed=args.seed, quick=args.quick)
+    data = load_points(args.data, pca_dims=args.pca_dims, seed=args.seed, quick=args.quick)
     out = Path(args.out or f"runs/gmm-{args.method}")
     if out.exists() and not out.is_dir():
         raise ConfigError(f"--out {str(out)!r} exists and is not a folder")
@@ -366,8 +284,4 @@ def _fit_and_report(args):
 
 def main(argv=None, prog="ppl-vae gmm") -> int:
     """Run the gmm command on ``argv`` (default: sys.argv[1:]); returns the exit status."""
-    try:
-        return run(build_parser(prog).parse_args(argv))
-    except PplVaeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run_command(lambda a: run(build_parser(prog).parse_args(a)), argv)

@@ -1,6 +1,8 @@
-"""Checks of data against a likelihood's support, before any training starts."""
+"""Checks of data at the boundary, once, before any work starts: :func:`check_data` against
+a likelihood's support (the VAE), :func:`as_2d_tensor` and :func:`check_finite` for arrays
+of points (the mixtures: no float copy of the data, NaN and inf found a block at a time)."""
 
-
+import numpy as np
 import torch
 
 from ppl_vae.errors import DataError
@@ -77,3 +79,50 @@ def check_data(
             )
 
 
+def as_2d_tensor(X, *, name="X") -> torch.Tensor:
+    """``X`` (numpy array, torch tensor or nested lists) as a 2-D real CPU/GPU tensor.
+
+    Wraps numpy memory without copying it. Raises :class:`DataError` with one line for
+    non-numeric values, a shape other than (n_samples, n_features), or an empty array.
+    """
+    if isinstance(X, torch.Tensor):
+        tensor = X.detach()
+    else:
+        try:
+            array = np.asarray(X)
+        except (TypeError, ValueError) as exc:
+            raise DataError(f"{name}: expected an array of real numbers ({exc})") from None
+        if array.dtype.kind not in "biuf":
+            raise DataError(f"{name}: expected an array of real numbers; got dtype {array.dtype}")
+        if array.dtype.kind in "bc" or not array.dtype.isnative or array.dtype == np.float16:
+            array = array.astype(np.float64)
+        tensor = torch.from_numpy(np.ascontiguousarray(array))
+    if tensor.is_complex() or tensor.dtype == torch.bool:
+        raise DataError(f"{name}: expected an array of real numbers; got dtype {tensor.dtype}")
+    if tensor.ndim != 2:
+        raise DataError(
+            f"{name}: expected 2-D data of shape (n_samples, n_features); "
+            f"got shape {tuple(tensor.shape)}"
+        )
+    if tensor.shape[0] == 0 or tensor.shape[1] == 0:
+        raise DataError(f"{name}: expected at least one sample and one feature; "
+                        f"got shape {tuple(tensor.shape)}")
+    return tensor
+
+
+def check_finite(tensor, name="X", block=2**16):
+    """Raise :class:`DataError` naming the first NaN or inf in a 2-D tensor."""
+    if not tensor.is_floating_point():
+        return
+    for start in range(0, len(tensor), block):
+        rows = tensor[start:start + block]
+        # A finite sum is the fast proof; NaN and inf always make the sum non-finite.
+        if bool(torch.isfinite(rows.sum())):
+            continue
+        bad = ~torch.isfinite(rows)
+        if bool(bad.any()):
+            row, col = (int(i) for i in bad.nonzero()[0])
+            raise DataError(
+                f"{name}: contains NaN or inf (first at row {start + row}, column {col}: "
+                f"{rows[row, col].item()}); remove or impute those values"
+            )

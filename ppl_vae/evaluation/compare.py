@@ -23,20 +23,17 @@ ArviZ data aligned component by component.
 ``ellipses.png`` into ``--out``.
 """
 
-import csv
 import math
-import shlex
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from ppl_vae.device import resolve_device
-from ppl_vae.errors import ConfigError, PplVaeError
+from ppl_vae.errors import ConfigError
+from ppl_vae.evaluation import tables
 from ppl_vae.mixture import ConvergenceWarning
 
 DATA_SETS = ("digits", "blobs")
@@ -99,7 +96,7 @@ def load_data(name="digits", *, pca_dims=PCA_DIMS, seed=0, quick=False):
 
     digits: the project's 80/20 split of the 1,797 images (:func:`ppl_vae.data.load_dataset`),
     PCA fitted on the training images only, each component scaled to unit variance. blobs:
-    three 2-D Gaussians with known parameters (:func:`ppl_vae.commands.gmm.make_blobs`),
+    three 2-D Gaussians with known parameters (:func:`ppl_vae.data.points.make_blobs`),
     1,500 points (300 with ``quick``), split 80/20.
     """
     if name == "digits":
@@ -119,9 +116,9 @@ def load_data(name="digits", *, pca_dims=PCA_DIMS, seed=0, quick=False):
                     "pixel variance)", x_train, x_test, digits.y_train.numpy(),
                     digits.y_test.numpy())
     if name == "blobs":
-        from ppl_vae.commands.gmm import load_data as load_mixture_data
+        from ppl_vae.data.points import load_points
 
-        blobs = load_mixture_data("blobs", seed=seed, quick=quick)
+        blobs = load_points("blobs", seed=seed, quick=quick)
         return Data("blobs", "blobs: three 2-D Gaussians with known parameters",
                     blobs.x_train, blobs.x_test, blobs.y_train, blobs.y_test)
     raise ConfigError(f"--data must be one of {', '.join(DATA_SETS)}; got {name!r}")
@@ -453,26 +450,14 @@ def table_rows(fits):
 
 
 def markdown_table(rows):
-    def cell(value, digits):
-        if value is None or value == "":
-            return "n/a" if digits is not None else ""
-        return str(value) if digits is None else f"{value:.{digits}f}"
-
-    lines = ["| " + " | ".join(header for _, header, _ in COLUMNS) + " |",
-             "|" + "|".join("---" if d is None else "---:" for _, _, d in COLUMNS) + "|"]
-    lines += ["| " + " | ".join(cell(row[key], d) for key, _, d in COLUMNS) + " |"
-              for row in rows]
-    return "\n".join(lines) + "\n"
+    """The comparison table in markdown; "n/a" where a number does not apply."""
+    return tables.markdown_table(rows, COLUMNS, missing="n/a")
 
 
 def write_table(rows, out, preamble=""):
     """``compare.md`` (``preamble`` then the table) and ``compare.csv`` in ``out``."""
-    (out / "compare.md").write_text(preamble + markdown_table(rows))
-    with open(out / "compare.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[key for key, _, _ in COLUMNS])
-        writer.writeheader()
-        writer.writerows(rows)
-    return [out / "compare.md", out / "compare.csv"]
+    return tables.write_table(rows, COLUMNS, out / "compare.md", out / "compare.csv",
+                              preamble=preamble, missing="n/a")
 
 
 # ---------------------------------------------------------------------------- ArviZ
@@ -587,90 +572,3 @@ def save_figure(fig, path):
     fig.savefig(path, dpi=90, bbox_inches="tight")
     plt.close(fig)
     return path
-
-
-# ---------------------------------------------------------------------------- command
-
-
-def build_parser(prog="ppl-vae compare"):
-    from ppl_vae.commands.gmm import OneLineParser
-
-    parser = OneLineParser(prog=prog, description=__doc__.splitlines()[0])
-    parser.add_argument("--data", default="digits", help="digits (default) or blobs")
-    parser.add_argument("--pca-dims", type=int, default=PCA_DIMS,
-                        help=f"principal components kept of digits (default: {PCA_DIMS})")
-    parser.add_argument("--methods", default=",".join(METHODS),
-                        help=f"comma-separated, from {', '.join(METHODS)} (default: all)")
-    parser.add_argument("--components", type=int,
-                        help="K (default: the number of classes: 10 digits, 3 blobs)")
-    default = Settings()
-    for flag, help_text in (("svi-steps", "SVI steps of the Pyro mixtures"),
-                            ("nuts-points", "training points NUTS sees"),
-                            ("nuts-draws", "NUTS draws (and warm-up steps)"),
-                            ("vae-steps", "SVI steps of each VAE"),
-                            ("num-samples", "K of the VAEs' importance-sampled log p(x)")):
-        value = getattr(default, flag.replace("-", "_")) or "all"
-        parser.add_argument(f"--{flag}", type=int, help=f"{help_text} (default: {value})")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--out", default="runs/compare", help="output folder "
-                                                              "(default: runs/compare)")
-    parser.add_argument("--quick", action="store_true",
-                        help="tiny budgets for a smoke test (seconds, not converged)")
-    return parser
-
-
-def settings_from_args(args):
-    changes = {"components": args.components, "seed": args.seed, "device": args.device}
-    for name in ("svi_steps", "nuts_points", "nuts_draws", "vae_steps", "num_samples"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; "
-                              f"got {value}")
-        changes[name] = value
-    changes = {k: v for k, v in changes.items() if v is not None}
-    return Settings.quick(**changes) if args.quick else Settings(**changes)
-
-
-def run(args):
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    check_methods(methods)
-    settings = settings_from_args(args)
-    resolve_device(settings.device)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} exists and is not a folder")
-    data = load_data(args.data, pca_dims=args.pca_dims, seed=args.seed, quick=args.quick)
-    settings = resolve_settings(data, settings)
-    print(f"{data.description}: {len(data.x_train)} train / {len(data.x_test)} test points, "
-          f"{settings.components} components", file=sys.stderr)
-    fits = run_comparison(data, settings, methods, log=lambda line: print(line, file=sys.stderr))
-    out.mkdir(parents=True, exist_ok=True)
-    rows = table_rows(fits)
-    command = shlex.join(["ppl-vae", "compare", *args.argv])
-    preamble = (f"{data.description}; {len(data.x_train)} training and {len(data.x_test)} "
-                f"held-out points; log p(x) in nats per example (higher is better).\n"
-                f"Made by `{command}`.\n\n")
-    written = write_table(rows, out, preamble)
-    written.append(save_figure(plot_objectives(fits), out / "objectives.png"))
-    written.append(save_figure(plot_mixtures(data, fits), out / "ellipses.png"))
-    if {"cavi", "pyro-meanfield", "nuts"} <= set(methods):
-        exports = posterior_exports(data, fits, settings)
-        posterior_summary(exports).to_csv(out / "posterior_summary.csv")
-        written += [out / "posterior_summary.csv",
-                    save_figure(plot_forest(exports), out / "forest.png")]
-    print(markdown_table(rows), end="")
-    print(f"wrote {', '.join(str(p) for p in written)}", file=sys.stderr)
-    return 0
-
-
-def main(argv=None, prog="ppl-vae compare") -> int:
-    """Run the compare command on ``argv`` (default: sys.argv[1:]); returns the exit status."""
-    try:
-        argv = sys.argv[1:] if argv is None else list(argv)
-        args = build_parser(prog).parse_args(argv)
-        args.argv = argv
-        return run(args)
-    except PplVaeError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2

@@ -6,7 +6,6 @@ All numbers are nats per example on held-out data, higher is better for the boun
 see :mod:`ppl_vae.evaluation.likelihood` for what each one is.
 """
 
-import csv
 import hashlib
 import math
 import time
@@ -15,6 +14,7 @@ from pathlib import Path
 import torch
 
 from ppl_vae.data import binarize
+from ppl_vae.evaluation import tables
 from ppl_vae.evaluation.likelihood import (
     active_units,
     evaluate_elbo,
@@ -187,31 +187,12 @@ def run_description(config):
 
 def markdown_table(rows):
     """Rows as a markdown table; an empty cell where a number does not apply."""
-    lines = ["| " + " | ".join(header for _, header, _ in COLUMNS) + " |",
-             "|" + "|".join("---" if digits is None else "---:" for _, _, digits in COLUMNS) + "|"]
-    for row in rows:
-        cells = [_format(row.get(key), digits) for key, _, digits in COLUMNS]
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return tables.markdown_table(rows, COLUMNS)
 
 
 def write_table(rows, markdown_path, csv_path):
     """Write ``rows`` as a markdown table and as CSV (every column, full precision)."""
-    Path(markdown_path).write_text(markdown_table(rows))
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=[key for key, _, _ in COLUMNS],
-                                extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
-    return [Path(markdown_path), Path(csv_path)]
-
-
-def _format(value, digits):
-    if value is None or value == "":
-        return ""
-    if digits is None:
-        return str(value)
-    return f"{value:.{digits}f}"
+    return tables.write_table(rows, COLUMNS, markdown_path, csv_path)
 
 
 def _head(t, m):
