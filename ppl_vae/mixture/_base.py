@@ -30,26 +30,36 @@ shards; "random" draws each process's rows from its own stream of the shared see
 Prediction and scoring stay per row and local.
 """
 
-import inspect
 import math
 import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from sklearn.base import BaseEstimator, DensityMixin
+from sklearn.utils._param_validation import Options, StrOptions
 
 from ppl_vae import distributed
 from ppl_vae.device import resolve_device
-from ppl_vae.errors import ConfigError, NotFittedError
+from ppl_vae.errors import NotFittedError
 from ppl_vae.mixture import _init
-from ppl_vae.mixture._covariance import CovarianceType, covariance_type
+from ppl_vae.mixture._covariance import COVARIANCE_TYPES, CovarianceType, covariance_type
 from ppl_vae.mixture._data import (
+    DTYPES,
     ChunkedData,
     ConvergenceWarning,
     check_n_samples,
     default_chunk_size,
     resolve_dtype,
     warn_constant_features,
+)
+from ppl_vae.mixture._params import (
+    NON_NEGATIVE,
+    NON_NEGATIVE_INT,
+    POSITIVE,
+    POSITIVE_INT,
+    RANDOM_STATE,
+    validate,
 )
 
 # nk gets this added before dividing, as in scikit-learn, so that an empty component
@@ -115,64 +125,29 @@ def _softmax_stats(log_rho, need_log_resp):
     return resp, lse, log_resp
 
 
-class BaseMixture:
-    """Base class of :class:`GaussianMixture` and :class:`BayesianGaussianMixture`."""
+class BaseMixture(DensityMixin, BaseEstimator):
+    """Base class of :class:`GaussianMixture` and :class:`BayesianGaussianMixture`.
+
+    scikit-learn's ``BaseEstimator`` gives ``get_params``, ``set_params`` and ``repr``
+    from the constructor's signature; ``_parameter_constraints`` are checked at ``fit``.
+    """
 
     _needs_entropy = False
 
-    # ------------------------------------------------------------------ sklearn plumbing
-
-    @classmethod
-    def _param_names(cls):
-        params = inspect.signature(cls.__init__).parameters
-        return [p for p in params if p != "self"]
-
-    def get_params(self, deep=True):
-        """The constructor arguments, as given (scikit-learn convention)."""
-        return {name: getattr(self, name) for name in self._param_names()}
-
-    def set_params(self, **params):
-        """Set constructor arguments; unknown names raise :class:`ConfigError`."""
-        valid = set(self._param_names())
-        for name, value in params.items():
-            if name not in valid:
-                raise ConfigError(f"{type(self).__name__} has no parameter {name!r}")
-            setattr(self, name, value)
-        return self
-
-    def __repr__(self):
-        args = ", ".join(f"{k}={v!r}" for k, v in self.get_params().items()
-                         if not isinstance(v, (np.ndarray, torch.Tensor)))
-        return f"{type(self).__name__}({args})"
-
-    # ------------------------------------------------------------------ checks
-
-    def _check_common(self):
-        k = self.n_components
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
-            raise ConfigError(f"n_components must be a positive integer; got {k!r}")
-        checks = [
-            ("tol", self.tol, lambda v: v >= 0, "a non-negative number"),
-            ("reg_covar", self.reg_covar, lambda v: v > 0, "a positive number"),
-            ("max_iter", self.max_iter, lambda v: int(v) == v and v >= 0,
-             "a non-negative integer"),
-            ("n_init", self.n_init, lambda v: int(v) == v and v >= 1, "a positive integer"),
-        ]
-        for name, value, ok, what in checks:
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
-                    or not np.isfinite(value) or not ok(value):
-                raise ConfigError(f"{name} must be {what}; got {value!r}")
-        if self.chunk_size is not None and (
-                isinstance(self.chunk_size, bool) or not isinstance(self.chunk_size, int)
-                or self.chunk_size < 1):
-            raise ConfigError(f"chunk_size must be a positive integer or None; "
-                              f"got {self.chunk_size!r}")
-        if self.init_params not in _init.INIT_PARAMS:
-            raise ConfigError(f"init_params must be one of {list(_init.INIT_PARAMS)}; "
-                              f"got {self.init_params!r}")
-        if self.callback is not None and not callable(self.callback):
-            raise ConfigError("callback must be callable or None")
-        resolve_dtype(self.dtype)
+    _parameter_constraints = {
+        "n_components": [POSITIVE_INT],
+        "covariance_type": [StrOptions(set(COVARIANCE_TYPES))],
+        "tol": [NON_NEGATIVE],
+        "reg_covar": [POSITIVE],
+        "max_iter": [NON_NEGATIVE_INT],
+        "n_init": [POSITIVE_INT],
+        "init_params": [StrOptions(set(_init.INIT_PARAMS))],
+        "random_state": RANDOM_STATE,
+        "chunk_size": [POSITIVE_INT, None],
+        "device": [str, torch.device],
+        "dtype": [StrOptions(set(DTYPES)), Options(torch.dtype, set(DTYPES.values()))],
+        "callback": [callable, None],
+    }
 
     def _check_fitted(self):
         if not hasattr(self, "_fitted"):
@@ -187,7 +162,7 @@ class BaseMixture:
         return getattr(self, "resp_init", None) is not None
 
     def _context(self, X):
-        self._check_common()
+        validate(self.get_params(deep=False), self._parameter_constraints, type(self).__name__)
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype)
         data = ChunkedData(X, device=device, dtype=dtype, shard=distributed.is_distributed())
@@ -381,9 +356,7 @@ class BaseMixture:
             The component of each draw; draws are grouped by component, as in scikit-learn.
         """
         self._check_fitted()
-        if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) \
-                or n_samples < 1:
-            raise ConfigError(f"n_samples must be a positive integer; got {n_samples!r}")
+        validate({"n_samples": n_samples}, {"n_samples": [POSITIVE_INT]}, "sample")
         rng = np.random.default_rng(_init.seed_from(self.random_state))
         counts = rng.multinomial(n_samples, self.weights_ / self.weights_.sum())
         full = self._cov.to_full(torch.as_tensor(self.covariances_), self.n_components)

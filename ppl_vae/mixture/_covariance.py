@@ -19,6 +19,8 @@ Per-component counts (the weights of :meth:`CovarianceType.pool`) have shape (R,
 (R, 1) for ``tied``, so that they broadcast against per-component quantities.
 """
 
+import numpy as np
+import scipy.stats
 import torch
 
 from ppl_vae.errors import ConfigError, DataError
@@ -144,6 +146,13 @@ class CovarianceType:
         """Covariances as (..., K, d, d) matrices (for sampling and plotting)."""
         raise NotImplementedError
 
+    def wishart_precisions(self, precisions_cholesky, dof, num_draws, rng):
+        """Draws of the precisions from the variational factors q(Lambda_k) =
+        Wishart(nu_k, E[Lambda_k] / nu_k) of a fitted Bayesian mixture (numpy, shape
+        (num_draws, K, d, d)); only full covariances have these factors."""
+        raise ConfigError(f"posterior draws of the precisions need covariance_type='full'; "
+                          f"got {self.name!r}")
+
     def check_precisions(self, prec, n_components, n_features):
         """Validate a user's ``precisions_init`` (float64, no restart axis)."""
         expected = self.shape(n_components, n_features)
@@ -234,6 +243,16 @@ class Full(CovarianceType):
     def to_full(self, cov, n_components):
         return cov
 
+    def wishart_precisions(self, precisions_cholesky, dof, num_draws, rng):
+        chol = np.asarray(precisions_cholesky, dtype=float)
+        expected = chol @ np.swapaxes(chol, -1, -2)
+        d = chol.shape[-1]
+        return np.stack([
+            scipy.stats.wishart(df=nu, scale=mean / nu).rvs(
+                size=num_draws, random_state=rng).reshape(num_draws, d, d)
+            for mean, nu in zip(expected, np.asarray(dof, dtype=float), strict=True)
+        ], axis=1)
+
     def _check_values(self, m, what):
         _check_symmetric_pd(m, what)
 
@@ -241,6 +260,8 @@ class Full(CovarianceType):
 class Tied(Full):
     name = "tied"
     per_component = False
+    # One Wishart factor shared by the components is not what the CAVI update fits.
+    wishart_precisions = CovarianceType.wishart_precisions
 
     def n_parameters(self, n_components, n_features):
         return n_features * (n_features + 1) // 2

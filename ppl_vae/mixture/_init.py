@@ -20,7 +20,7 @@ import torch
 
 from ppl_vae import distributed
 from ppl_vae.errors import ConfigError, DataError
-from ppl_vae.mixture._data import DegenerateDataWarning
+from ppl_vae.mixture._data import ChunkedData, DegenerateDataWarning
 
 # Lloyd's algorithm stops when the centres move (in squared distance, summed) by less
 # than this fraction of the mean feature variance, as scikit-learn's KMeans does.
@@ -212,7 +212,8 @@ def _distinct_seeds(data, n_clusters, n_restarts, generator):
                         for _ in range(n_restarts)])
 
 
-def _kmeans(data, n_clusters, n_restarts, generator, variance_scale):
+def _kmeans_centres(data, n_clusters, n_restarts, generator, variance_scale):
+    """k-means++ seeds refined by Lloyd's iterations: centred centres (R, K, d), float64."""
     seeds = _seeds(kmeans_plusplus, data, n_clusters, n_restarts, generator)
     if not data.shard:
         centres = data.rows(seeds.flatten()).reshape(n_restarts, n_clusters, -1)
@@ -220,7 +221,22 @@ def _kmeans(data, n_clusters, n_restarts, generator, variance_scale):
         mine = data.rows(seeds.flatten()).cpu() if distributed.rank() == 0 else None
         centres = distributed.broadcast_object(mine).to(data.device).reshape(
             n_restarts, n_clusters, -1)
-    return nearest_centre(lloyd(data, centres, variance_scale))
+    return lloyd(data, centres, variance_scale)
+
+
+def kmeans(X, n_clusters, generator):
+    """The k-means centres (K, d) of the rows of a tensor X (n, d), in X's coordinates,
+    dtype and device: the same k-means++ seeding and Lloyd's iterations as
+    ``init_params="kmeans"``."""
+    data = ChunkedData(X, device=X.device, dtype=X.dtype)
+    variance = float(X.double().var(0).mean())
+    centres = _kmeans_centres(data, n_clusters, 1, generator, variance)[0]
+    return (centres + data.center).to(X.dtype)
+
+
+def _kmeans(data, n_clusters, n_restarts, generator, variance_scale):
+    return nearest_centre(_kmeans_centres(data, n_clusters, n_restarts, generator,
+                                          variance_scale))
 
 
 def _kmeans_plusplus(data, n_clusters, n_restarts, generator, variance_scale):

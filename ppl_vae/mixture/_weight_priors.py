@@ -6,6 +6,7 @@ KL(q(pi) || p(pi)) for the lower bound. Concentrations carry a leading restart a
 (R, K) for the Dirichlet, (R, 2, K) for the K Beta sticks (a_k, b_k).
 """
 
+import numpy as np
 import torch
 
 from ppl_vae.errors import ConfigError
@@ -50,6 +51,10 @@ class DirichletDistribution:
 
     def export(self, alpha):
         return alpha.cpu().numpy()
+
+    def draw(self, exported, num_draws, rng):
+        """num_draws weight vectors from q(pi), given :meth:`export`'s concentration (numpy)."""
+        return rng.dirichlet(np.asarray(exported, dtype=float), size=num_draws)
 
 
 class DirichletProcess:
@@ -101,6 +106,14 @@ class DirichletProcess:
     def export(self, ab):
         a, b = ab.cpu().unbind(-2)
         return a.numpy(), b.numpy()
+
+    def draw(self, exported, num_draws, rng):
+        """Truncated stick-breaking draws from q: v_k ~ Beta(a_k, b_k) for k < K, v_K = 1."""
+        a, b = (np.asarray(c, dtype=float) for c in exported)
+        v = rng.beta(a, b, size=(num_draws, len(a)))
+        v[:, -1] = 1.0
+        remaining = np.cumprod(np.concatenate([np.ones((num_draws, 1)), 1.0 - v[:, :-1]], 1), 1)
+        return v * remaining
 
 
 WEIGHT_PRIORS = {cls.name: cls for cls in (DirichletDistribution, DirichletProcess)}

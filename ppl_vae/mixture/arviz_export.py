@@ -15,10 +15,11 @@ with :func:`align_components`; pass the same reference to all three.
 
 import arviz as az
 import numpy as np
-import scipy.stats
 from scipy.optimize import linear_sum_assignment
 
-from ppl_vae.errors import ConfigError, DataError
+from ppl_vae.errors import DataError
+from ppl_vae.mixture._covariance import covariance_type
+from ppl_vae.mixture._weight_priors import weight_prior
 
 EXPORTED = ("weights", "means", "scales")
 DIMS = {"weights": ["component"], "means": ["component", "feature"],
@@ -129,14 +130,6 @@ def _numpy(value):
     return np.asarray(value, dtype=float)
 
 
-def _stick_breaking_weights(alpha, beta, num_draws, rng):
-    """Truncated stick-breaking: v_k ~ Beta(alpha_k, beta_k) for k < K, v_K = 1."""
-    v = rng.beta(alpha, beta, size=(num_draws, len(alpha)))
-    v[:, -1] = 1.0
-    remaining = np.cumprod(np.concatenate([np.ones((num_draws, 1)), 1.0 - v[:, :-1]], 1), 1)
-    return v * remaining
-
-
 def cavi_posterior_samples(bgm, num_draws=1000, random_state=None):
     """Draws from the mean-field posterior q(weights) q(means, precisions) of a fitted BGM.
 
@@ -158,27 +151,14 @@ def cavi_posterior_samples(bgm, num_draws=1000, random_state=None):
     instead renormalises E[weights], so its ``weights_[K-1]`` differs slightly from the
     draws' mean when the last stick holds mass.
     """
-    covariance_type = getattr(bgm, "covariance_type", "full")
-    if covariance_type != "full":
-        raise ConfigError(
-            f"cavi_posterior_samples needs covariance_type='full'; got {covariance_type!r}"
-        )
-    rng = np.random.default_rng(random_state)
     m = _numpy(bgm.means_)
     k, d = m.shape
+    cov = covariance_type(getattr(bgm, "covariance_type", "full"), d)
+    rng = np.random.default_rng(random_state)
     beta, nu = _numpy(bgm.mean_precision_), _numpy(bgm.degrees_of_freedom_)
-    if bgm.weight_concentration_prior_type == "dirichlet_process":
-        alpha, beta_sticks = (_numpy(c) for c in bgm.weight_concentration_)
-        weights = _stick_breaking_weights(alpha, beta_sticks, num_draws, rng)
-    else:
-        weights = rng.dirichlet(_numpy(bgm.weight_concentration_), size=num_draws)
-    chol = _numpy(bgm.precisions_cholesky_)
-    expected_precisions = chol @ np.swapaxes(chol, -1, -2)
-    precisions = np.stack([
-        scipy.stats.wishart(df=nu[j], scale=expected_precisions[j] / nu[j]).rvs(
-            size=num_draws, random_state=rng).reshape(num_draws, d, d)
-        for j in range(k)
-    ], axis=1)
+    weights = weight_prior(bgm.weight_concentration_prior_type).draw(
+        bgm.weight_concentration_, num_draws, rng)
+    precisions = cov.wishart_precisions(_numpy(bgm.precisions_cholesky_), nu, num_draws, rng)
     # means = m + L^-T eps with L L^T = beta Lambda: covariance (beta Lambda)^-1.
     lower = np.linalg.cholesky(beta[:, None, None] * precisions)
     eps = rng.standard_normal((num_draws, k, d, 1))

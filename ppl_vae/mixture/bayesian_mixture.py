@@ -4,11 +4,13 @@ import math
 
 import numpy as np
 import torch
+from sklearn.utils._param_validation import StrOptions
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.mixture._base import NK_EPS, BaseMixture
 from ppl_vae.mixture._covariance import expand_as
-from ppl_vae.mixture._weight_priors import weight_prior
+from ppl_vae.mixture._params import POSITIVE
+from ppl_vae.mixture._weight_priors import WEIGHT_PRIORS, weight_prior
 
 
 def _sum_digamma(nu, d):
@@ -18,18 +20,13 @@ def _sum_digamma(nu, d):
 
 
 def _log_wishart_norm(log_det_w, nu, d):
-    """log B(W, nu) of the Wishart density (Bishop, PRML B.79)."""
-    i = torch.arange(d, dtype=nu.dtype, device=nu.device)
-    return (-0.5 * nu * log_det_w - 0.5 * nu * d * math.log(2)
-            - 0.25 * d * (d - 1) * math.log(math.pi)
-            - torch.lgamma(0.5 * (nu.unsqueeze(-1) - i)).sum(-1))
+    """log B(W, nu) of the Wishart density (Bishop, PRML B.79); the multivariate log-gamma
+    holds the d (d - 1) / 4 log pi term."""
+    return -0.5 * nu * log_det_w - 0.5 * nu * d * math.log(2) - torch.mvlgamma(0.5 * nu, d)
 
 
-def _positive(value, name):
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) \
-            or not np.isfinite(value) or value <= 0:
-        raise ConfigError(f"{name} must be a positive number; got {value!r}")
-    return float(value)
+def _float_or(value, default):
+    return default if value is None else float(value)
 
 
 class BayesianGaussianMixture(BaseMixture):
@@ -144,6 +141,17 @@ class BayesianGaussianMixture(BaseMixture):
 
     _needs_entropy = True
 
+    _parameter_constraints = {
+        **BaseMixture._parameter_constraints,
+        "weight_concentration_prior_type": [StrOptions(set(WEIGHT_PRIORS))],
+        "weight_concentration_prior": [POSITIVE, None],
+        "mean_precision_prior": [POSITIVE, None],
+        "mean_prior": ["array-like", None],
+        "degrees_of_freedom_prior": [POSITIVE, None],
+        "covariance_prior": [POSITIVE, "array-like", None],
+        "resp_init": ["array-like", None],
+    }
+
     def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6,
                  max_iter=100, n_init=1, init_params="kmeans",
                  weight_concentration_prior_type="dirichlet_process",
@@ -177,12 +185,9 @@ class BayesianGaussianMixture(BaseMixture):
         d, k = ctx.n_features, ctx.n_components
         device = ctx.data.device
         self._weights = weight_prior(self.weight_concentration_prior_type)
-        alpha0 = (1.0 / k if self.weight_concentration_prior is None
-                  else _positive(self.weight_concentration_prior, "weight_concentration_prior"))
-        beta0 = (1.0 if self.mean_precision_prior is None
-                 else _positive(self.mean_precision_prior, "mean_precision_prior"))
-        nu0 = float(d) if self.degrees_of_freedom_prior is None else _positive(
-            self.degrees_of_freedom_prior, "degrees_of_freedom_prior")
+        alpha0 = _float_or(self.weight_concentration_prior, 1.0 / k)
+        beta0 = _float_or(self.mean_precision_prior, 1.0)
+        nu0 = _float_or(self.degrees_of_freedom_prior, float(d))
         if nu0 <= d - 1:
             raise ConfigError(f"degrees_of_freedom_prior must be greater than n_features - 1 "
                               f"= {d - 1}; got {nu0:g}")

@@ -107,6 +107,13 @@ class GaussianMixture(BaseMixture):
     C. M. Bishop, *Pattern Recognition and Machine Learning*, Springer 2006, section 9.2.
     """
 
+    _parameter_constraints = {
+        **BaseMixture._parameter_constraints,
+        "weights_init": ["array-like", None],
+        "means_init": ["array-like", None],
+        "precisions_init": ["array-like", None],
+    }
+
     def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6,
                  max_iter=100, n_init=1, init_params="kmeans", weights_init=None,
                  means_init=None, precisions_init=None, random_state=None, chunk_size=None,

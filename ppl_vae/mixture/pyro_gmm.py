@@ -29,13 +29,15 @@ from pyro.infer import MCMC, NUTS, TraceEnum_ELBO, config_enumerate, infer_discr
 from pyro.infer.autoguide import AutoDelta, AutoNormal
 from pyro.infer.autoguide.initialization import init_to_value
 from pyro.ops.indexing import Vindex
+from sklearn.base import BaseEstimator, DensityMixin
 from tqdm.auto import tqdm
 
 from ppl_vae.data import check_data
 from ppl_vae.device import resolve_device
 from ppl_vae.errors import ConfigError, DataError, NotFittedError
 from ppl_vae.inference.svi import SVI
-from ppl_vae.mixture._init import seed_from
+from ppl_vae.mixture._init import kmeans, seed_from
+from ppl_vae.mixture._params import POSITIVE, POSITIVE_INT, RANDOM_STATE, Names, validate
 
 GUIDES = {"map": AutoDelta, "meanfield": AutoNormal}
 
@@ -149,51 +151,29 @@ def _check_fit_data(X, n_components):
         )
 
 
-def _check_n_components(n_components):
-    if isinstance(n_components, bool) or not isinstance(n_components, (int, np.integer)) \
-            or n_components < 1:
-        raise ConfigError(f"n_components must be a positive integer; got {n_components!r}")
-    return int(n_components)
-
-
 def _seed(random_state):
     """None (leave the RNGs alone) or an int seed from sklearn-style ``random_state``."""
     return None if random_state is None else seed_from(random_state)
 
 
-@contextlib.contextmanager
 def seeded(random_state):
-    """Seed Pyro's RNGs for the block and restore the caller's state after; None: no change."""
+    """Seed Pyro's RNGs for the block and restore the caller's state after
+    (``poutine.seed``); None: no change."""
     seed = _seed(random_state)
-    if seed is None:
-        yield
-        return
-    state = pyro.util.get_rng_state()
-    pyro.set_rng_seed(seed)
-    try:
-        yield
-    finally:
-        pyro.util.set_rng_state(state)
+    return contextlib.nullcontext() if seed is None else poutine.seed(rng_seed=seed)
 
 
-def kmeans_init(X, n_components, n_iter=20):
-    """k-means++ seeding and a few Lloyd steps: a start that puts one component per blob.
+def kmeans_start(X, n_components):
+    """The values of ``mixture_model``'s sites for the k-means clustering of X.
 
-    Returns the values of ``mixture_model``'s sites (``weights``, ``means``, ``scales``,
-    ``corr_cholesky``) for the hard clustering: cluster frequencies, centres, and the
-    within-cluster std per feature (shrunk towards the pooled one for small clusters).
+    The clustering is :func:`ppl_vae.mixture._init.kmeans` (as EM's ``init_params="kmeans"``),
+    seeded from torch's global RNG (see :func:`seeded`). Returns ``weights``, ``means``,
+    ``scales`` and ``corr_cholesky``: cluster frequencies, centres, and the within-cluster
+    std per feature (shrunk towards the pooled one for small clusters).
     """
     n, d = X.shape
-    centers = X[torch.randint(n, (1,), device=X.device)]
-    for _ in range(1, n_components):
-        gap = torch.cdist(X, centers).min(1).values.square()
-        probs = gap if gap.sum() > 0 else torch.ones_like(gap)
-        centers = torch.cat([centers, X[torch.multinomial(probs, 1)]])
-    for _ in range(n_iter):
-        labels = torch.cdist(X, centers).argmin(1)
-        counts = torch.bincount(labels, minlength=n_components).to(X.dtype)
-        sums = torch.zeros_like(centers).index_add_(0, labels, X)
-        centers = torch.where(counts[:, None] > 0, sums / counts.clamp(min=1)[:, None], centers)
+    generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,))))
+    centers = kmeans(X, n_components, generator)
     labels = torch.cdist(X, centers).argmin(1)
     counts = torch.bincount(labels, minlength=n_components).to(X.dtype)
     sq_dev = (X - centers[labels]).square()
@@ -303,7 +283,7 @@ class _MixtureScoring:
 # ----------------------------------------------------------------------------- SVI
 
 
-class PyroGaussianMixture(_MixtureScoring):
+class PyroGaussianMixture(_MixtureScoring, DensityMixin, BaseEstimator):
     """The Bayesian Gaussian mixture fit by Pyro's SVI, the assignments summed out exactly.
 
     Parameters
@@ -359,6 +339,18 @@ class PyroGaussianMixture(_MixtureScoring):
     the posterior is equivariant and the results are mapped back exactly.
     """
 
+    _parameter_constraints = {
+        "n_components": [POSITIVE_INT],
+        "guide": [Names(GUIDES, "guide")],
+        "num_steps": [POSITIVE_INT],
+        "lr": [POSITIVE],
+        "batch_size": [POSITIVE_INT, None],
+        "random_state": RANDOM_STATE,
+        "device": [str, torch.device],
+        "prior": [MixturePrior, None],
+        "progress": ["boolean"],
+    }
+
     def __init__(self, n_components=1, *, guide="map", num_steps=1000, lr=0.05,
                  batch_size=None, random_state=None, device="auto", prior=None,
                  progress=False):
@@ -375,17 +367,10 @@ class PyroGaussianMixture(_MixtureScoring):
     # -- fitting
 
     def _check_params(self, n):
-        k = _check_n_components(self.n_components)
-        if self.guide not in GUIDES:
-            known = ", ".join(repr(name) for name in GUIDES)
-            raise ConfigError(f"unknown guide {self.guide!r}; known guides: {known}")
-        if not (isinstance(self.num_steps, (int, np.integer)) and self.num_steps >= 1):
-            raise ConfigError(f"num_steps must be a positive integer; got {self.num_steps!r}")
-        if not self.lr > 0:
-            raise ConfigError(f"lr must be positive; got {self.lr!r}")
-        if self.batch_size is not None and not 1 <= self.batch_size <= n:
+        validate(self.get_params(deep=False), self._parameter_constraints, type(self).__name__)
+        if self.batch_size is not None and self.batch_size > n:
             raise ConfigError(f"batch_size must be None or in [1, N={n}]; got {self.batch_size!r}")
-        return k
+        return int(self.n_components)
 
     def fit(self, X, y=None):
         """Fit the mixture to X (numpy or torch, shape (N, d)); returns self."""
@@ -405,7 +390,7 @@ class PyroGaussianMixture(_MixtureScoring):
         with seeded(self.random_state), self._params():
             blocked = poutine.block(mixture_model, hide=["assignment"])
             self.guide_ = GUIDES[self.guide](blocked, init_loc_fn=init_to_value(
-                values=kmeans_init(Z, k)))
+                values=kmeans_start(Z, k)))
             self.lower_bounds_ = self._run_svi(Z, k)
             fit_draws = self._guide_draws(Z, k, _POINT_DRAWS, seed=_POINT_SEED)
         self.n_iter_ = len(self.lower_bounds_)
@@ -545,13 +530,14 @@ def nuts_gmm(X, n_components, *, num_samples=500, warmup_steps=500, num_chains=1
     """
     from ppl_vae.mixture.arviz_export import align_components
 
-    k = _check_n_components(n_components)
+    validate({"n_components": n_components}, {"n_components": [POSITIVE_INT]}, "nuts_gmm")
+    k = int(n_components)
     X = as_data(X, device=resolve_device(device))
     _check_fit_data(X, k)
     prior = prior or MixturePrior()
     center, spread = X.mean(0), X.std(0)
     with seeded(random_state):
-        start = kmeans_init((X - center) / spread, k)
+        start = kmeans_start((X - center) / spread, k)
         start = {"weights": start["weights"], "means": center + spread * start["means"],
                  **_sites_from_covariances(_covariances(start)
                                            * spread.unsqueeze(-1) * spread.unsqueeze(-2))}
