@@ -1,0 +1,30 @@
+"""Data: the :class:`Dataset` container, built-in and user data sets, and their checks.
+
+- :mod:`~ppl_vae.data.arrays`: the container, its seeded train/test split, binarisation;
+- :mod:`~ppl_vae.data.checks`: values against a likelihood's support, before training;
+- :mod:`~ppl_vae.data.datasets`: digits, mnist, fashion-mnist, ppca, shapes, array files;
+- :mod:`~ppl_vae.data.shapes`, :mod:`~ppl_vae.data.ppca`: the generated data sets.
+"""
+
+from ppl_vae.data.arrays import Dataset, binarize, split_dataset
+from ppl_vae.data.checks import SUPPORTS, check_data
+from ppl_vae.data.datasets import (
+    ARRAY_SUFFIXES,
+    DATASETS,
+    DEFAULT_DATA_DIR,
+    IDX_DATASETS,
+    IDX_FILES,
+    load_array_file,
+    load_dataset,
+    load_digits,
+    load_fashion_mnist,
+    load_mnist,
+    load_ppca,
+    read_idx,
+)
+
+__all__ = [
+    "ARRAY_SUFFIXES", "DATASETS", "DEFAULT_DATA_DIR", "IDX_DATASETS", "IDX_FILES", "SUPPORTS",
+    "Dataset", "binarize", "check_data", "load_array_file", "load_dataset", "load_digits",
+    "load_fashion_mnist", "load_mnist", "load_ppca", "read_idx", "split_dataset",
+]
