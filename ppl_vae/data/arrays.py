@@ -113,7 +113,8 @@ def binarize(x: torch.Tensor, generator: torch.Generator | None = None) -> torch
     return (u < x).to(x.dtype)
 
 
-def split_indices(n: int, test_fraction: float, seed: int, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+def split_indices(n: int, test_fraction: float, seed: int,
+                  name: str) -> tuple[torch.Tensor, torch.Tensor]:
     """Sorted train and test indices of a seeded random split of ``range(n)``."""
     if not 0 < test_fraction < 1:
         raise DataError(

@@ -1,6 +1,5 @@
 """Checks of data against a likelihood's support, before any training starts."""
 
-import math
 
 import torch
 
