@@ -2,8 +2,10 @@
 training takes (program, objective, optimizer, data). The training loop itself
 (:mod:`ppl_vae.inference.loop`) knows nothing of configurations."""
 
+import warnings
+
 from ppl_vae.errors import ConfigError
-from ppl_vae.inference.jit import JIT_VERSIONS
+from ppl_vae.inference.jit import JIT_VERSIONS, JitUnavailableWarning, jit_available
 from ppl_vae.inference.penalties import PenalizedELBO, Penalty
 from ppl_vae.registry import lookup
 
@@ -18,7 +20,9 @@ def make_objective(name="meanfield", *, num_particles=1, jit=False, options=None
     ``jit=True`` compiles model and guide with ``torch.jit.trace`` at the first step and
     replays the compiled graph afterwards, which removes Pyro's per-step Python overhead.
     It needs a model of static structure whose tensor inputs are all positional
-    arguments; one graph is compiled per distinct set of keyword arguments.
+    arguments; one graph is compiled per distinct set of keyword arguments. On a torch
+    without ``torch.jit.trace`` the objective is built uncompiled, with a
+    :class:`JitUnavailableWarning`.
 
     A penalized objective (a :class:`Penalty` in the registry) takes its ``options``
     (``train.objective_options``: its weights, and ``elbo``, the ELBO it is added to,
@@ -45,7 +49,13 @@ def make_objective(name="meanfield", *, num_particles=1, jit=False, options=None
         if cls not in JIT_VERSIONS:
             raise ConfigError(f"the {name!r} objective has no JIT-compiled version; "
                               "set train.jit = false (or pass --no-jit)")
-        cls = JIT_VERSIONS[cls]
+        if not jit_available():
+            warnings.warn(f"this torch has no torch.jit.trace: the {name!r} objective runs "
+                          "uncompiled (as with train.jit = false)", JitUnavailableWarning,
+                          stacklevel=2)
+            jit = False
+        else:
+            cls = JIT_VERSIONS[cls]
     options = {"ignore_jit_warnings": True} if jit else {}
     return cls(num_particles=num_particles, vectorize_particles=num_particles > 1,
                max_plate_nesting=1, **options)

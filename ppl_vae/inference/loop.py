@@ -18,7 +18,6 @@ the single-process gradient of the whole minibatch when the shards are of equal 
 import csv
 import math
 import time
-import warnings
 from dataclasses import asdict
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from ppl_vae.device import resolve_device
 from ppl_vae.errors import CheckpointError, ConfigError, TrainingDiverged
 from ppl_vae.evaluation.likelihood import evaluate_elbo
 from ppl_vae.inference.checkpoint import load_checkpoint, save_checkpoint
+from ppl_vae.inference.jit import quiet_jit
 from ppl_vae.inference.penalties import auxiliary
 from ppl_vae.inference.schedules import KLSchedule
 from ppl_vae.registry import lookup
@@ -244,11 +244,7 @@ class Trainer:
             # An annealed KL weight is an input of the graph, so it is never frozen in it.
             beta = self.schedule.betas(0, 1, self.device)[0] if self.schedule.annealed else None
             try:
-                with warnings.catch_warnings():
-                    # Pyro's JIT objectives are built on torch.jit.trace, which torch 2.13
-                    # deprecates in favour of torch.compile (which cannot trace Pyro yet).
-                    warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated",
-                                            DeprecationWarning)
+                with quiet_jit():  # torch.jit.trace's deprecation warning
                     loss(self.x_train[idx], y, idx, beta)
             except RuntimeError as err:  # torch.jit's way of refusing a part
                 first = str(err).strip().splitlines()[0]
