@@ -11,11 +11,17 @@ from ppl_vae.build import make_objective
 from ppl_vae.inference.jit import JitUnavailableWarning, jit_available, quiet_jit
 from ppl_vae.vae import Dims, build_vae
 
-# torch.jit.trace's deprecation warning as torch 2.13 and torch 2.14 word it.
+# torch.jit.trace's deprecation warnings: torch 2.13, 2.14, 2.14 on Python 3.14, and the
+# wording of the issue that reported 2.14's.
 DEPRECATIONS = [
-    (DeprecationWarning, "`torch.jit.trace` is deprecated. Please use `torch.compile` instead."),
+    (DeprecationWarning, "`torch.jit.trace` is deprecated. Please switch to `torch.compile` "
+                         "or `torch.export`."),
+    (FutureWarning, "`torch.jit.trace` is deprecated. Please switch to `torch.compile` or "
+                    "`torch.export`."),
+    (FutureWarning, "`torch.jit.trace` is not supported in Python 3.14+ and may break. "
+                    "Please switch to `torch.compile` or `torch.export`."),
     (FutureWarning, "torch.jit.trace is deprecated. Please switch to torch.compile or "
-                    "torch.export."),
+                    "torch.export"),
 ]
 
 
@@ -50,7 +56,8 @@ def test_without_torch_jit_trace_the_jit_objective_is_the_eager_one(monkeypatch,
     torch.testing.assert_close(loss(objective, *problem), eager)
 
 
-@pytest.mark.parametrize("category, message", DEPRECATIONS, ids=["2.13", "2.14"])
+@pytest.mark.parametrize("category, message", DEPRECATIONS,
+                         ids=["2.13", "2.14", "2.14-py3.14", "unquoted"])
 def test_compiling_under_quiet_jit_warns_nothing(monkeypatch, problem, category, message):
     trace, calls = torch.jit.trace, []
 

@@ -9,9 +9,10 @@ import torch
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
 
 # torch deprecates torch.jit.trace in favour of torch.compile and torch.export, neither of
-# which can trace a Pyro program yet: torch 2.13 warns "`torch.jit.trace` is deprecated"
-# (DeprecationWarning), torch 2.14 "torch.jit.trace is deprecated" (FutureWarning).
-_TRACE_DEPRECATED = r"`?torch\.jit\.trace`? is deprecated"
+# which can trace a Pyro program yet. It warns "`torch.jit.trace` is deprecated. ..." (2.13:
+# DeprecationWarning; 2.14: FutureWarning) or, on Python 3.14+, "`torch.jit.trace` is not
+# supported in Python 3.14+ and may break. ..." (FutureWarning).
+_TRACE_DEPRECATED = r"`?torch\.jit\.trace`? is (deprecated|not supported in Python)"
 
 
 class JitUnavailableWarning(UserWarning):
