@@ -1,7 +1,7 @@
 """The wheel: it holds every module of ppl_vae and the model zoo, which an installed
 ppl_vae finds through importlib.resources."""
 
-import importlib.util
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -20,8 +20,10 @@ ROOT = Path(__file__).resolve().parent.parent
 def wheel(tmp_path_factory):
     """The wheel built from a copy of the sources (a build/ left in the tree by an earlier
     build cannot leak into it), without network: setuptools of this environment."""
-    for needed in ("pip", "setuptools"):  # looked up, not imported (setuptools patches distutils)
-        if importlib.util.find_spec(needed) is None:
+    for needed in ("pip", "setuptools"):  # not imported: setuptools patches distutils
+        try:
+            importlib.metadata.distribution(needed)
+        except importlib.metadata.PackageNotFoundError:
             pytest.skip(f"building the wheel needs {needed}")
     tmp = tmp_path_factory.mktemp("wheel")
     source = tmp / "source"
