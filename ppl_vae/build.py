@@ -6,6 +6,7 @@ configurations: :func:`build` makes its inputs, :func:`resume` rebuilds them fro
 folder and restores the checkpoint, :func:`load_run` does the same for evaluation.
 """
 
+import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from ppl_vae.data import DATASETS, Dataset, binarize, check_data, load_dataset
 from ppl_vae.device import resolve_device
 from ppl_vae.errors import CheckpointError, ConfigError
 from ppl_vae.evaluation.likelihood import evaluate_elbo
-from ppl_vae.inference.jit import JIT_VERSIONS
+from ppl_vae.inference.jit import JIT_VERSIONS, JitUnavailableWarning, jit_available
 from ppl_vae.inference.loop import Trainer, adam
 from ppl_vae.inference.penalties import PenalizedELBO, Penalty
 from ppl_vae.inference.runs import RunFolder, config_path
@@ -220,7 +221,9 @@ def make_objective(name="meanfield", *, num_particles=1, jit=False, options=None
     ``jit=True`` compiles model and guide with ``torch.jit.trace`` at the first step and
     replays the compiled graph afterwards, which removes Pyro's per-step Python overhead.
     It needs a model of static structure whose tensor inputs are all positional
-    arguments; one graph is compiled per distinct set of keyword arguments.
+    arguments; one graph is compiled per distinct set of keyword arguments. On a torch
+    without ``torch.jit.trace`` the objective is built uncompiled, with a
+    :class:`JitUnavailableWarning`.
 
     A penalized objective (a :class:`Penalty` in the registry) takes its ``options``
     (``train.objective_options``: its weights, and ``elbo``, the ELBO it is added to,
@@ -247,7 +250,13 @@ def make_objective(name="meanfield", *, num_particles=1, jit=False, options=None
         if cls not in JIT_VERSIONS:
             raise ConfigError(f"the {name!r} objective has no JIT-compiled version; "
                               "set train.jit = false (or pass --no-jit)")
-        cls = JIT_VERSIONS[cls]
+        if not jit_available():
+            warnings.warn(f"this torch has no torch.jit.trace: the {name!r} objective runs "
+                          "uncompiled (as with train.jit = false)", JitUnavailableWarning,
+                          stacklevel=2)
+            jit = False
+        else:
+            cls = JIT_VERSIONS[cls]
     options = {"ignore_jit_warnings": True} if jit else {}
     return cls(num_particles=num_particles, vectorize_particles=num_particles > 1,
                max_plate_nesting=1, **options)

@@ -10,6 +10,7 @@ import copy
 import json
 import operator
 import tomllib
+from importlib import resources
 from pathlib import Path
 
 from ppl_vae.errors import ConfigError
@@ -78,8 +79,20 @@ BOUNDS = {
 }
 _COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt}
 
-# The model zoo: models/ at the top of the source tree.
-MODELS_DIR = Path(__file__).resolve().parent.parent / "models"
+
+def _models_dir():
+    """The model zoo's folder. models/ at the top of the source tree is its one copy; the
+    wheel ships it as ``ppl_vae/models`` (``package-dir`` in pyproject.toml). A source
+    checkout or an editable install imports ``ppl_vae`` from the tree, which has no
+    ``ppl_vae/models``, and finds models/ beside the package."""
+    installed = resources.files("ppl_vae") / "models"
+    if isinstance(installed, Path) and installed.is_dir():  # a wheel unpacked on disk
+        return installed
+    return Path(__file__).resolve().parent.parent / "models"
+
+
+# The model zoo: TOML model files, looked up by name.
+MODELS_DIR = _models_dir()
 
 
 def find_model_file(name_or_path):

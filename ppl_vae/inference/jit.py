@@ -1,8 +1,38 @@
 """The JIT-compiled objectives: Pyro's ``JitTrace*_ELBO`` with the compiled graphs called
 directly (the training loop's fast path)."""
 
+import contextlib
+import warnings
+
 import pyro
+import torch
 from pyro.infer import JitTrace_ELBO, JitTraceMeanField_ELBO, Trace_ELBO, TraceMeanField_ELBO
+
+# torch deprecates torch.jit.trace in favour of torch.compile and torch.export, neither of
+# which can trace a Pyro program yet. It warns "`torch.jit.trace` is deprecated. ..." (2.13:
+# DeprecationWarning; 2.14: FutureWarning) or, on Python 3.14+, "`torch.jit.trace` is not
+# supported in Python 3.14+ and may break. ..." (FutureWarning).
+_TRACE_DEPRECATED = r"`?torch\.jit\.trace`? is (deprecated|not supported in Python)"
+
+
+class JitUnavailableWarning(UserWarning):
+    """A JIT objective was asked for on a torch without ``torch.jit.trace``: the eager
+    objective is used instead."""
+
+
+def jit_available():
+    """Whether this torch has ``torch.jit.trace``, on which Pyro's JIT objectives are built."""
+    return callable(getattr(torch.jit, "trace", None))
+
+
+@contextlib.contextmanager
+def quiet_jit():
+    """Ignore torch's deprecation warning of ``torch.jit.trace`` (any category, any wording)
+    inside the block; every other warning passes."""
+    with warnings.catch_warnings():
+        for category in (DeprecationWarning, FutureWarning):
+            warnings.filterwarnings("ignore", _TRACE_DEPRECATED, category)
+        yield
 
 
 class _GraphReplay:
@@ -29,11 +59,13 @@ class _GraphReplay:
             key = (id(model), id(guide), len(args), tuple(sorted(kwargs.items())))
             entry = self.graphs.get(key)
         except TypeError:  # keyword arguments that cannot be hashed: Pyro's own path
-            return pyro_call(model, guide, *args, **kwargs)
+            with quiet_jit():
+                return pyro_call(model, guide, *args, **kwargs)
         if entry is None:
             function = getattr(objective, attribute, None)
             known = set() if function is None else set(function.compiled)
-            result = pyro_call(model, guide, *args, **kwargs)
+            with quiet_jit():  # Pyro compiles here
+                result = pyro_call(model, guide, *args, **kwargs)
             function = getattr(objective, attribute)
             new = set(function.compiled) - known
             if len(new) == 1:

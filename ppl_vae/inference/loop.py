@@ -16,7 +16,6 @@ the single-process gradient of the whole minibatch when the shards are of equal 
 
 import math
 import time
-import warnings
 
 import numpy as np
 import torch
@@ -26,6 +25,7 @@ from tqdm.auto import tqdm
 
 from ppl_vae import distributed
 from ppl_vae.errors import CheckpointError, ConfigError, TrainingDiverged
+from ppl_vae.inference.jit import quiet_jit
 from ppl_vae.inference.penalties import auxiliary
 from ppl_vae.inference.schedules import KLSchedule
 from ppl_vae.inference.svi import SVI
@@ -178,11 +178,7 @@ class Trainer:
             # An annealed KL weight is an input of the graph, so it is never frozen in it.
             beta = self.schedule.betas(0, 1, self.device)[0] if self.schedule.annealed else None
             try:
-                with warnings.catch_warnings():
-                    # Pyro's JIT objectives are built on torch.jit.trace, which torch 2.13
-                    # deprecates in favour of torch.compile (which cannot trace Pyro yet).
-                    warnings.filterwarnings("ignore", "`torch.jit.trace` is deprecated",
-                                            DeprecationWarning)
+                with quiet_jit():  # torch.jit.trace's deprecation warning
                     loss(self.data.x_train[idx], y, idx, beta)
             except RuntimeError as err:  # torch.jit's way of refusing a part
                 first = str(err).strip().splitlines()[0]
