@@ -15,7 +15,14 @@ import torch
 
 from ppl_vae import distributed
 from ppl_vae.config import dump_toml, load_config
-from ppl_vae.data import DATASETS, Dataset, binarize, check_data, load_dataset
+from ppl_vae.data import (
+    BINARIZATIONS,
+    DATASETS,
+    Dataset,
+    binarize,
+    check_data,
+    load_dataset,
+)
 from ppl_vae.device import resolve_device
 from ppl_vae.errors import CheckpointError, ConfigError
 from ppl_vae.evaluation.likelihood import evaluate_elbo
@@ -125,7 +132,8 @@ def _build(config, run_dir, *, progress, state):
     objective = make_objective(train_cfg["objective"], num_particles=train_cfg["num_particles"],
                                jit=train_cfg["jit"], options=train_cfg["objective_options"],
                                dims=dims)
-    binarization = data_cfg["binarize"] if program.likelihood.support == "unit" else "none"
+    binarization = BINARIZATIONS[data_cfg["binarize"] if program.likelihood.support == "unit"
+                                 else "none"]
     data = prepare_data(dataset, binarization, conditional=program.conditional,
                         device=device, seed=train_cfg["seed"])
     schedule = KLSchedule(train_cfg["kl_schedule"], beta=model_cfg["beta"],
@@ -137,7 +145,7 @@ def _build(config, run_dir, *, progress, state):
     trainer = Trainer(program, objective, adam(program.parameters(), lr=train_cfg["lr"]), data,
                       batch_size=train_cfg["batch_size"], epochs=train_cfg["epochs"],
                       seed=train_cfg["seed"], schedule=schedule,
-                      transform=binarize if binarization == "dynamic" else None,
+                      transform=binarize if binarization.each_batch else None,
                       evaluate=evaluate_elbo, eval_every=train_cfg["eval_every"], run=run,
                       compile=train_cfg["jit"], progress=progress)
     if state is None:
@@ -176,19 +184,18 @@ def setup_from_data(program, x_train):
 
 
 def prepare_data(dataset, binarization, *, conditional, device, seed):
-    """The data as training sees it: on ``device``, labels only if ``conditional``.
-
-    The test set is binarised once, with a fixed seed, so that test ELBOs are comparable
-    across epochs and runs; the training set once too when ``binarization`` is "static"
-    ("dynamic" binarises each minibatch: the trainer's ``transform``).
+    """The data as training sees it: on ``device``, labels only if ``conditional``, the
+    test set (and the training set, for static binarisation) binarised once as
+    ``binarization`` (a :class:`~ppl_vae.data.Binarization`) says; binarising each
+    minibatch is the trainer's ``transform``.
     """
     data = dataset.to(device)
     x_train, x_test = data.x_train, data.x_test
-    if binarization != "none":
-        gen = torch.Generator(device=device).manual_seed(seed + 1)
+    gen = torch.Generator(device=device).manual_seed(seed + 1)
+    if binarization.test_once:
         x_test = binarize(x_test, gen)
-        if binarization == "static":
-            x_train = binarize(x_train, gen)
+    if binarization.train_once:
+        x_train = binarize(x_train, gen)
     keep = conditional and data.y_train is not None
     return replace(data, x_train=x_train, x_test=x_test,
                    y_train=data.y_train if keep else None, y_test=data.y_test if keep else None)

@@ -13,7 +13,9 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
+from ppl_vae.data.arrays import BINARIZATIONS
 from ppl_vae.errors import ConfigError
+from ppl_vae.inference.schedules import KLSchedule
 
 DEFAULTS = {
     "name": "vae",
@@ -61,8 +63,8 @@ DEFAULTS = {
 }
 
 CHOICES = {
-    ("data", "binarize"): ("dynamic", "static", "none"),
-    ("train", "kl_schedule"): ("constant", "linear", "cyclical"),
+    ("data", "binarize"): tuple(BINARIZATIONS),
+    ("train", "kl_schedule"): KLSchedule.KINDS,
 }
 
 # Numeric settings and the bounds each must respect: (">" or ">=", lower[, "<", upper]).

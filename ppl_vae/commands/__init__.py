@@ -9,7 +9,9 @@ import argparse
 import sys
 
 from ppl_vae.commands.common import OneLineParser, run_command
+from ppl_vae.data.arrays import BINARIZATIONS
 from ppl_vae.errors import PplVaeError
+from ppl_vae.inference.schedules import KLSchedule
 
 # Command-line flag -> configuration key (see ppl_vae.config.DEFAULTS).
 TRAIN_OVERRIDES = {
@@ -58,7 +60,7 @@ def add_train_arguments(parser):
     data.add_argument("--data-dir", help="folder of downloaded data sets (default: data)")
     data.add_argument("--download", action="store_const", const=True,
                       help="download mnist / fashion-mnist into --data-dir if missing")
-    data.add_argument("--binarize", choices=["dynamic", "static", "none"],
+    data.add_argument("--binarize", choices=list(BINARIZATIONS),
                       help="binarisation of [0, 1] data for Bernoulli-type likelihoods")
     parts = parser.add_argument_group("model parts (names from ppl_vae.registry)")
     parts.add_argument("--prior")
@@ -89,7 +91,7 @@ def add_train_arguments(parser):
     train.add_argument("--lr", type=float)
     train.add_argument("--seed", type=int)
     train.add_argument("--device", help="auto (default: CUDA if available), cpu or cuda")
-    train.add_argument("--kl-schedule", choices=["constant", "linear", "cyclical"],
+    train.add_argument("--kl-schedule", choices=list(KLSchedule.KINDS),
                        help="KL annealing: the weight of the KL term rises to --beta")
     train.add_argument("--kl-warmup-epochs", type=float,
                        help="epochs over which the KL weight rises (linear, cyclical)")

@@ -13,7 +13,8 @@ from ppl_vae.evaluation import compare
 
 def build_parser(prog="ppl-vae compare"):
     parser = OneLineParser(prog=prog, description=compare.__doc__.splitlines()[0])
-    parser.add_argument("--data", default="digits", help="digits (default) or blobs")
+    parser.add_argument("--data", default="digits",
+                        help=f"{', '.join(compare.DATA_SETS)} (default: digits)")
     parser.add_argument("--pca-dims", type=int, default=compare.PCA_DIMS,
                         help="principal components kept of digits (default: "
                              f"{compare.PCA_DIMS})")

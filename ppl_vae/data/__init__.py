@@ -6,7 +6,7 @@
 - :mod:`~ppl_vae.data.shapes`, :mod:`~ppl_vae.data.ppca`: the generated data sets.
 """
 
-from ppl_vae.data.arrays import Dataset, binarize, split_dataset
+from ppl_vae.data.arrays import BINARIZATIONS, Binarization, Dataset, binarize, split_dataset
 from ppl_vae.data.checks import SUPPORTS, check_data
 from ppl_vae.data.datasets import (
     ARRAY_SUFFIXES,
@@ -24,7 +24,8 @@ from ppl_vae.data.datasets import (
 )
 
 __all__ = [
-    "ARRAY_SUFFIXES", "DATASETS", "DEFAULT_DATA_DIR", "IDX_DATASETS", "IDX_FILES", "SUPPORTS",
+    "ARRAY_SUFFIXES", "BINARIZATIONS", "DATASETS", "DEFAULT_DATA_DIR", "IDX_DATASETS",
+    "IDX_FILES", "SUPPORTS", "Binarization",
     "Dataset", "binarize", "check_data", "load_array_file", "load_dataset", "load_digits",
     "load_fashion_mnist", "load_mnist", "load_ppca", "read_idx", "split_dataset",
 ]

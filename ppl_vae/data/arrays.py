@@ -142,3 +142,23 @@ def split_dataset(name, x, y, image_shape, test_fraction, seed) -> Dataset:
     )
 
 
+@dataclass(frozen=True)
+class Binarization:
+    """When [0, 1] data are binarised for a Bernoulli-type likelihood (``data.binarize``).
+
+    The test set, when binarised, is binarised once with a fixed seed, so that test ELBOs
+    are comparable across epochs and runs.
+    """
+
+    train_once: bool  # the training set once, before training
+    each_batch: bool  # each training minibatch anew (dynamic binarisation)
+    test_once: bool = True
+
+
+# data.binarize -> what it does; the one table the config, the command line and the
+# builder read.
+BINARIZATIONS = {
+    "dynamic": Binarization(train_once=False, each_batch=True),
+    "static": Binarization(train_once=True, each_batch=False),
+    "none": Binarization(train_once=False, each_batch=False, test_once=False),
+}

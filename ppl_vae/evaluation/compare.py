@@ -36,7 +36,6 @@ from ppl_vae.errors import ConfigError
 from ppl_vae.evaluation import tables
 from ppl_vae.mixture import ConvergenceWarning
 
-DATA_SETS = ("digits", "blobs")
 # Principal components kept of digits' 64 pixels: few enough for NUTS and for a readable
 # forest plot, enough for the ten digits to form clusters.
 PCA_DIMS = 4
@@ -91,6 +90,36 @@ class Data:
     y_test: np.ndarray
 
 
+def _digits(*, pca_dims, seed, quick):
+    from sklearn.decomposition import PCA
+
+    from ppl_vae.data import load_dataset
+
+    if not 1 <= pca_dims <= 64:
+        raise ConfigError(f"--pca-dims must be between 1 and 64; got {pca_dims}")
+    digits = load_dataset("digits", seed=seed)
+    pca = PCA(pca_dims, whiten=True, random_state=seed).fit(digits.x_train.double().numpy())
+    x_train, x_test = (pca.transform(x.double().numpy()) for x in (digits.x_train,
+                                                                   digits.x_test))
+    kept = pca.explained_variance_ratio_.sum()
+    return Data(f"digits-pca{pca_dims}",
+                f"digits, {pca_dims} whitened principal components ({kept:.0%} of the "
+                "pixel variance)", x_train, x_test, digits.y_train.numpy(),
+                digits.y_test.numpy())
+
+
+def _blobs(*, pca_dims, seed, quick):
+    from ppl_vae.data.points import load_points
+
+    blobs = load_points("blobs", seed=seed, quick=quick)
+    return Data("blobs", "blobs: three 2-D Gaussians with known parameters",
+                blobs.x_train, blobs.x_test, blobs.y_train, blobs.y_test)
+
+
+# The comparison's data sets by name.
+DATA_SETS = {"digits": _digits, "blobs": _blobs}
+
+
 def load_data(name="digits", *, pca_dims=PCA_DIMS, seed=0, quick=False):
     """``digits`` reduced by PCA to ``pca_dims`` whitened components, or ``blobs``.
 
@@ -99,29 +128,9 @@ def load_data(name="digits", *, pca_dims=PCA_DIMS, seed=0, quick=False):
     three 2-D Gaussians with known parameters (:func:`ppl_vae.data.points.make_blobs`),
     1,500 points (300 with ``quick``), split 80/20.
     """
-    if name == "digits":
-        from sklearn.decomposition import PCA
-
-        from ppl_vae.data import load_dataset
-
-        if not 1 <= pca_dims <= 64:
-            raise ConfigError(f"--pca-dims must be between 1 and 64; got {pca_dims}")
-        digits = load_dataset("digits", seed=seed)
-        pca = PCA(pca_dims, whiten=True, random_state=seed).fit(digits.x_train.double().numpy())
-        x_train, x_test = (pca.transform(x.double().numpy()) for x in (digits.x_train,
-                                                                       digits.x_test))
-        kept = pca.explained_variance_ratio_.sum()
-        return Data(f"digits-pca{pca_dims}",
-                    f"digits, {pca_dims} whitened principal components ({kept:.0%} of the "
-                    "pixel variance)", x_train, x_test, digits.y_train.numpy(),
-                    digits.y_test.numpy())
-    if name == "blobs":
-        from ppl_vae.data.points import load_points
-
-        blobs = load_points("blobs", seed=seed, quick=quick)
-        return Data("blobs", "blobs: three 2-D Gaussians with known parameters",
-                    blobs.x_train, blobs.x_test, blobs.y_train, blobs.y_test)
-    raise ConfigError(f"--data must be one of {', '.join(DATA_SETS)}; got {name!r}")
+    if name not in DATA_SETS:
+        raise ConfigError(f"--data must be one of {', '.join(DATA_SETS)}; got {name!r}")
+    return DATA_SETS[name](pca_dims=pca_dims, seed=seed, quick=quick)
 
 
 # ---------------------------------------------------------------------------- methods
@@ -209,16 +218,19 @@ def _fit_pyro(data, settings, guide, x_train=None):
                                 device=settings.device).fit(x)
     seconds = time.perf_counter() - start
     history = np.asarray(model.lower_bounds_)
-    if guide == "map":
-        names = dict(label="Pyro SVI, MAP", inference="MAP by SVI (AutoDelta)",
-                     objective_name="log p(X, theta) / N", estimator="plug-in at the MAP")
-    else:
-        names = dict(label="Pyro SVI, mean-field", inference="mean-field VI by SVI (AutoNormal)",
-                     objective_name=f"ELBO / N, mean of last {FINAL_WINDOW} steps",
-                     estimator="plug-in at the posterior mean")
     return _mixture_fit(f"pyro-{guide}", model, data, n_train=len(x), history=history,
                         objective=float(history[-FINAL_WINDOW:].mean()), seconds=seconds,
-                        settings=settings, **names)
+                        settings=settings, **PYRO_GUIDE_ROWS[guide])
+
+
+# How the table names each Pyro guide's row (the guides: ppl_vae.mixture.pyro_gmm.GUIDES).
+PYRO_GUIDE_ROWS = {
+    "map": dict(label="Pyro SVI, MAP", inference="MAP by SVI (AutoDelta)",
+                objective_name="log p(X, theta) / N", estimator="plug-in at the MAP"),
+    "meanfield": dict(label="Pyro SVI, mean-field", inference="mean-field VI by SVI (AutoNormal)",
+                      objective_name=f"ELBO / N, mean of last {FINAL_WINDOW} steps",
+                      estimator="plug-in at the posterior mean"),
+}
 
 
 def fit_pyro_map(data, settings):

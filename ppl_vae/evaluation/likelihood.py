@@ -31,12 +31,12 @@ import math
 
 import torch
 from pyro import poutine
+from pyro.distributions.transforms.softplus import softplus_inv
 from torch.distributions import kl_divergence
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.parts.guides import diagonal_normal
 from ppl_vae.parts.local import fit_local
-from ppl_vae.parts.priors import inverse_softplus
 
 # Samples x points per vectorized chunk of log p(x), by device type: it bounds memory
 # whatever K and N are. On a CPU a chunk whose activations stay in cache is fastest: 2,048
@@ -159,7 +159,7 @@ def fit_optimal_posterior(vae, x, y=None, *, idx=None, steps=300, lr=0.05, num_s
         with torch.no_grad():
             init = guide.local_params(vae._condition(xb, yb), _rows(idx, rows))
         if not guide.has_density:
-            raw = float(inverse_softplus(DELTA_PROPOSAL_SCALE))
+            raw = float(softplus_inv(torch.tensor(DELTA_PROPOSAL_SCALE)))
             init = torch.cat([init, torch.full_like(init, raw)], dim=-1)
         fitted.append(fit_local(vae, xb, yb, family, init, steps=steps, lr=lr,
                                 num_samples=num_samples))

@@ -24,13 +24,14 @@ The corruptions of the guide's input while training (the denoising VAE) are in
 import pyro.distributions as dist
 import torch
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
+from pyro.distributions.transforms.softplus import softplus_inv
 from pyro.nn import ConditionalAutoRegressiveNN
 from torch import nn
 from torch.nn.functional import softplus
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.parts.local import fit_local, refine_local
-from ppl_vae.parts.priors import check_joint_sizes, inverse_softplus, joint_latent
+from ppl_vae.parts.priors import check_joint_sizes, joint_latent
 
 
 def diagonal_normal(local, min_scale=1e-4):
@@ -308,7 +309,7 @@ class PerDatapointNormal(nn.Module):
         # lambda = (mu, rho) of N(0, I): the starting point of the rows and of new fits.
         self.register_buffer("prior_params", torch.cat([
             torch.zeros(dims.latent_dim),
-            torch.full((dims.latent_dim,), float(inverse_softplus(1.0 - min_scale)))]),
+            torch.full((dims.latent_dim,), float(softplus_inv(torch.tensor(1.0 - min_scale))))]),
             persistent=False)
         self.table = nn.Parameter(self.prior_params.repeat(dims.num_data, 1) / step_scale)
         self._vae = None

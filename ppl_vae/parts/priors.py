@@ -15,16 +15,11 @@ import math
 
 import pyro.distributions as dist
 import torch
+from pyro.distributions.transforms.softplus import softplus_inv
 from torch import nn
 from torch.nn.functional import softplus
 
 from ppl_vae.errors import ConfigError
-
-
-def inverse_softplus(y):
-    """x with softplus(x) = y, for y > 0: initialises a raw parameter at a chosen scale."""
-    y = torch.as_tensor(y, dtype=torch.get_default_dtype())
-    return y + torch.log(-torch.expm1(-y))
 
 
 class DiagonalNormalMixture(dist.MixtureSameFamily):
@@ -124,7 +119,8 @@ class MixtureOfGaussians(nn.Module):
         shape = (num_components, dims.latent_dim)
         self.logits = nn.Parameter(torch.zeros(num_components))
         self.locs = nn.Parameter(torch.randn(shape))
-        self.raw_scales = nn.Parameter(torch.full(shape, float(inverse_softplus(1.0 - min_scale))))
+        raw_scale = float(softplus_inv(torch.tensor(1.0 - min_scale)))  # scales start at 1
+        self.raw_scales = nn.Parameter(torch.full(shape, raw_scale))
         self.min_scale = min_scale
 
     def forward(self):
