@@ -67,10 +67,15 @@ CHOICES = {
     ("train", "kl_schedule"): KLSchedule.KINDS,
 }
 
-# Numeric settings and the bounds each must respect: (">" or ">=", lower[, "<", upper]).
+# The seeds numpy's legacy seeding and scikit-learn's random_state accept (torch takes more).
+SEED_MAX = 2**32 - 1
+
+# Numeric settings and the bounds each must respect: (">" or ">=", lower[, "<" or "<=",
+# upper]); a list's bounds apply to each of its entries.
 BOUNDS = {
     ("data", "test_fraction"): (">", 0.0, "<", 1.0),
     ("model", "latent_dim"): (">=", 1),
+    ("model", "hidden"): (">=", 1),
     ("model", "beta"): (">", 0.0),  # poutine.scale needs a positive scale
     ("model", "corruption_level"): (">=", 0.0),
     ("train", "num_particles"): (">=", 1),
@@ -78,8 +83,12 @@ BOUNDS = {
     ("train", "batch_size"): (">=", 1),
     ("train", "lr"): (">", 0.0),
     ("train", "eval_every"): (">=", 1),
+    ("train", "seed"): (">=", 0, "<=", SEED_MAX),
+    ("train", "kl_warmup_epochs"): (">", 0.0),
+    ("train", "kl_cycle_epochs"): (">", 0.0),
 }
-_COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt}
+# NaN compares False with everything, so it fails every bound.
+_COMPARE = {">": operator.gt, ">=": operator.ge, "<": operator.lt, "<=": operator.le}
 
 
 def _models_dir():
@@ -175,8 +184,11 @@ def _check_type(where, value, default, source):
                           f"got {value!r}")
     bounds = BOUNDS.get(tuple(where.split(".")), ())
     for op, limit in zip(bounds[::2], bounds[1::2], strict=True):
-        if not _COMPARE[op](value, limit):
-            raise ConfigError(f"{where!r} in {source} must be {op} {limit}; got {value!r}")
+        for entry in value if isinstance(value, list | tuple) else [value]:
+            if not _COMPARE[op](entry, limit):
+                each = "each entry of " if isinstance(value, list | tuple) else ""
+                raise ConfigError(f"{each}{where!r} in {source} must be {op} {limit}; "
+                                  f"got {value!r}")
     if isinstance(default, float):
         return float(value)
     if isinstance(default, list):

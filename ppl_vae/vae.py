@@ -214,7 +214,7 @@ def build_vae(dims, *, prior="normal", guide="diagonal", likelihood="bernoulli",
     reason = incompatibility(prior, guide, likelihood)
     if reason:
         raise ConfigError(reason)
-    if beta <= 0:
+    if not beta > 0:  # NaN fails too
         raise ConfigError(f"beta must be > 0; got {beta}")
 
     def net_factory(kind, name):

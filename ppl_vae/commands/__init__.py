@@ -8,7 +8,14 @@ user error (a :class:`~ppl_vae.errors.PplVaeError`) ends as one line on stderr,
 import argparse
 import sys
 
-from ppl_vae.commands.common import OneLineParser, run_command
+from ppl_vae.commands.common import (
+    OneLineParser,
+    bounded_int,
+    new_folder,
+    positive_int_list,
+    run_command,
+    seed_int,
+)
 from ppl_vae.data.arrays import BINARIZATIONS
 from ppl_vae.errors import PplVaeError
 from ppl_vae.inference.schedules import KLSchedule
@@ -50,7 +57,7 @@ def add_train_arguments(parser):
     parser.add_argument("--model", default="vae",
                         help="model file: a name in models/ (vae, gaussian_vae, ...) or a path "
                              "to a .toml file (default: vae)")
-    parser.add_argument("--out", help="run folder (default: runs/<model name>[-N])")
+    parser.add_argument("--out", type=new_folder, help="run folder (default: runs/<model name>[-N])")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last checkpoint "
                              "(only --epochs, --device, --jit and --eval-every may change)")
@@ -69,7 +76,7 @@ def add_train_arguments(parser):
     parts.add_argument("--encoder")
     parts.add_argument("--decoder")
     parts.add_argument("--latent-dim", type=int)
-    parts.add_argument("--hidden", type=_int_list, metavar="W1,W2,...",
+    parts.add_argument("--hidden", type=positive_int_list, metavar="W1,W2,...",
                        help="hidden widths of encoder and decoder; '' for linear nets")
     parts.add_argument("--beta", type=float, help="weight of the KL term (1 = the ELBO)")
     parts.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=None,
@@ -89,7 +96,7 @@ def add_train_arguments(parser):
                        help="score the test set every N epochs and after the last (default 1)")
     train.add_argument("--batch-size", type=int)
     train.add_argument("--lr", type=float)
-    train.add_argument("--seed", type=int)
+    train.add_argument("--seed", type=seed_int)
     train.add_argument("--device", help="auto (default: CUDA if available), cpu or cuda")
     train.add_argument("--kl-schedule", choices=list(KLSchedule.KINDS),
                        help="KL annealing: the weight of the KL term rises to --beta")
@@ -97,10 +104,6 @@ def add_train_arguments(parser):
                        help="epochs over which the KL weight rises (linear, cyclical)")
     train.add_argument("--kl-cycle-epochs", type=float, help="length of a cyclical cycle")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-
-
-def _int_list(text):
-    return [int(w) for w in text.split(",") if w.strip()]
 
 
 def train_command(args):
@@ -140,9 +143,9 @@ def train_command(args):
 def add_eval_arguments(parser):
     """The flags of ``ppl-vae eval`` / ``scripts/evaluate.py``."""
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of ppl-vae train")
-    parser.add_argument("--num-samples", type=int, default=5000,
+    parser.add_argument("--num-samples", type=bounded_int(1), default=5000,
                         help="K, importance samples per point for log p(x) (default: 5000)")
-    parser.add_argument("--gap-points", type=int, default=500,
+    parser.add_argument("--gap-points", type=bounded_int(1), default=500,
                         help="test (and training) points for the inference gaps (default: 500)")
     parser.add_argument("--gap-steps", type=int, default=300,
                         help="Adam steps of the per-datapoint q* fit (default: 300)")

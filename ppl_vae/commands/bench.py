@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from ppl_vae.commands.common import OneLineParser
+from ppl_vae.commands.common import OneLineParser, bounded_int
 
 BENCHMARKS = {}
 
@@ -570,7 +570,7 @@ def build_parser(prog=None):
     parser.add_argument("--device", default="cpu", help="device for ours (default: cpu)")
     parser.add_argument("--dtypes", default="float32,float64",
                         help="compute dtypes of ours to time (default: float32,float64)")
-    parser.add_argument("--threads", type=int, default=1,
+    parser.add_argument("--threads", type=bounded_int(1), default=1,
                         help="threads for torch and for numpy's BLAS (default: 1; the same "
                              "for both libraries)")
     parser.add_argument("--skip-sklearn-memory", action="store_true",

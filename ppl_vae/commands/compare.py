@@ -5,7 +5,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from ppl_vae.commands.common import OneLineParser, run_command
+from ppl_vae.commands.common import OneLineParser, run_command, seed_int
 from ppl_vae.device import resolve_device
 from ppl_vae.errors import ConfigError
 from ppl_vae.evaluation import compare
@@ -31,7 +31,7 @@ def build_parser(prog="ppl-vae compare"):
                             ("num-samples", "K of the VAEs' importance-sampled log p(x)")):
         value = getattr(default, flag.replace("-", "_")) or "all"
         parser.add_argument(f"--{flag}", type=int, help=f"{help_text} (default: {value})")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default: 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--out", default="runs/compare", help="output folder "
                                                               "(default: runs/compare)")

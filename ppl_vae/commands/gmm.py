@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ppl_vae import distributed
-from ppl_vae.commands.common import OneLineParser, run_command
+from ppl_vae.commands.common import OneLineParser, run_command, seed_int
 from ppl_vae.data.points import load_points
 from ppl_vae.device import resolve_device
 from ppl_vae.errors import ConfigError
@@ -183,7 +183,7 @@ def build_parser(prog="ppl-vae gmm"):
                         help="iterations (em, cavi; default 100), SVI steps (pyro-*; default "
                              "1000) or NUTS draws and warm-up steps (nuts; default 500)")
     parser.add_argument("--n-init", type=int, default=1, help="restarts (em, cavi; default 1)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default: 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     parser.add_argument("--out", help="output folder (default: runs/gmm-<method>)")
     parser.add_argument("--quick", action="store_true",

@@ -37,9 +37,9 @@ class KLSchedule:
                  cycle_epochs=20.0):
         if kind not in self.KINDS:
             raise ConfigError(f"kl_schedule must be one of {', '.join(self.KINDS)}; got {kind!r}")
-        if kind != "constant" and warmup_epochs <= 0:
+        if kind != "constant" and not warmup_epochs > 0:  # NaN fails too
             raise ConfigError(f"kl_warmup_epochs must be > 0; got {warmup_epochs}")
-        if kind == "cyclical" and cycle_epochs < warmup_epochs:
+        if kind == "cyclical" and not cycle_epochs >= warmup_epochs:
             raise ConfigError(f"kl_cycle_epochs ({cycle_epochs}) must be at least "
                               f"kl_warmup_epochs ({warmup_epochs})")
         self.kind, self.beta = kind, beta
