@@ -129,9 +129,14 @@ def train_command(args):
         experiment.run()
         return 0
     dims = experiment.dims
+    notes = [experiment.dataset.read_as] if experiment.dataset.read_as else []
+    if experiment.trainer.batch_size > dims.num_data:
+        notes.append(f"batch size {experiment.trainer.batch_size} clamped to the "
+                     f"{dims.num_data} training examples")
     print(f"training {experiment.config['name']} on {experiment.dataset.name} "
           f"({dims.num_data} examples, D={dims.data_dim}) "
-          f"on {experiment.device}; writing to {experiment.run_dir}", file=sys.stderr)
+          f"on {experiment.device}; writing to {experiment.run_dir}"
+          + "".join(f"; {note}" for note in notes), file=sys.stderr)
     last = experiment.run()
     print(f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.3f}, "
           f"test ELBO {last['test_elbo']:.3f} nats per example "

@@ -24,6 +24,9 @@ class Dataset:
         Shapes ``(N_train,)`` and ``(N_test,)``, int64 class labels; None without labels.
     image_shape : tuple of int or None
         Shape of one example before flattening, e.g. ``(28, 28)``; None for non-image data.
+    read_as : str
+        How the stored values were turned into these, for the user to read (``"uint8 data
+        read as 8-bit images, scaled by 1/255"``); empty where they were used as stored.
     """
 
     name: str
@@ -32,6 +35,7 @@ class Dataset:
     y_train: torch.Tensor | None
     y_test: torch.Tensor | None
     image_shape: tuple[int, ...] | None
+    read_as: str = ""
 
     def __post_init__(self):
         if self.x_train.ndim != 2 or self.x_test.ndim != 2:
@@ -130,7 +134,7 @@ def split_indices(n: int, test_fraction: float, seed: int,
     return perm[n_test:].sort().values, perm[:n_test].sort().values
 
 
-def split_dataset(name, x, y, image_shape, test_fraction, seed) -> Dataset:
+def split_dataset(name, x, y, image_shape, test_fraction, seed, read_as="") -> Dataset:
     train, test = split_indices(len(x), test_fraction, seed, name)
     return Dataset(
         name=name,
@@ -139,6 +143,7 @@ def split_dataset(name, x, y, image_shape, test_fraction, seed) -> Dataset:
         y_train=None if y is None else y[train],
         y_test=None if y is None else y[test],
         image_shape=image_shape,
+        read_as=read_as,
     )
 
 

@@ -52,10 +52,13 @@ def check_data(
     if x.ndim != 2:
         hint = "; flatten each example first" if x.ndim > 2 else ""
         raise DataError(f"{name}: expected data of shape {want}; got {_shape_text(x.shape)}{hint}")
-    if x.numel() == 0:
+    if x.shape[0] == 0:
         raise DataError(
             f"{name}: empty data set (shape {tuple(x.shape)}); need at least one example"
         )
+    if x.shape[1] == 0:
+        raise DataError(f"{name}: examples with zero features (shape {tuple(x.shape)}); "
+                        "need at least one value per example")
     if data_dim is not None and x.shape[1] != data_dim:
         raise DataError(f"{name}: expected data of shape {want}; got {_shape_text(x.shape)}")
     if not x.is_floating_point():

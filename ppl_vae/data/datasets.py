@@ -227,14 +227,26 @@ def _array(arrays, key: str, where: str) -> np.ndarray:
     return a
 
 
-def _features(a: np.ndarray, what: str) -> tuple[torch.Tensor, tuple[int, ...] | None]:
+# uint8 is how images are stored: read as torchvision reads them, scaled to [0, 1].
+UINT8_READ_AS = "uint8 data read as 8-bit images, scaled by 1/255"
+
+
+def _features(a: np.ndarray, what: str) -> tuple[torch.Tensor, tuple[int, ...] | None, str]:
+    """(x as float32 (N, D), the shape of one example if it had several axes, how the
+    values were read)."""
     if a.ndim < 2:
         raise DataError(f"{what}: expected shape (N, D) or (N, H, W); got {a.shape}")
+    # math.prod, not -1: reshape cannot infer D when there are no rows.
+    flat = a.reshape(len(a), math.prod(a.shape[1:]))
     # Checked after the cast so that values too large for float32 show up as inf too.
     with np.errstate(over="ignore"):
-        x = torch.from_numpy(np.ascontiguousarray(a.reshape(len(a), -1), dtype=np.float32))
+        x = np.ascontiguousarray(flat, dtype=np.float32)
+    read_as = ""
+    if a.dtype == np.uint8:
+        x, read_as = x / np.float32(255), UINT8_READ_AS
+    x = torch.from_numpy(x)
     check_data(x, support="real", name=what)
-    return x, tuple(a.shape[1:]) if a.ndim > 2 else None
+    return x, tuple(a.shape[1:]) if a.ndim > 2 else None, read_as
 
 
 def _labels(a: np.ndarray, n: int, what: str) -> torch.Tensor:
@@ -247,7 +259,9 @@ def _labels(a: np.ndarray, n: int, what: str) -> torch.Tensor:
 
 
 def load_array_file(path, *, test_fraction=0.2, seed=0) -> Dataset:
-    """A data set from a ``.npy`` or ``.npz`` file; values are used as given, not rescaled.
+    """A data set from a ``.npy`` or ``.npz`` file; values are used as given, except uint8
+    arrays, read as 8-bit images: scaled by 1/255 to [0, 1] (as torchvision reads them),
+    which the Dataset's ``read_as`` records.
 
     A ``.npy`` file holds ``x`` of shape ``(N, D)`` or ``(N, H, W, ...)``. A ``.npz`` file
     holds ``x`` (and optionally labels ``y``, shape ``(N,)``), split by ``seed`` and
@@ -264,8 +278,8 @@ def load_array_file(path, *, test_fraction=0.2, seed=0) -> Dataset:
     except Exception as exc:
         raise DataError(f"{where}: cannot read as {path.suffix} ({_one_line(exc)})") from None
     if isinstance(loaded, np.ndarray):
-        x, image_shape = _features(_array(loaded, "", where), where)
-        return split_dataset(where, x, None, image_shape, test_fraction, seed)
+        x, image_shape, read_as = _features(_array(loaded, "", where), where)
+        return split_dataset(where, x, None, image_shape, test_fraction, seed, read_as)
     with loaded as arrays:
         keys = set(arrays.files)
         if keys not in _NPZ_LAYOUTS:
@@ -274,21 +288,23 @@ def load_array_file(path, *, test_fraction=0.2, seed=0) -> Dataset:
                 "'x_train' and 'x_test' (and optional 'y_train' and 'y_test')"
             )
         parts = ("",) if "x" in keys else ("_train", "_test")
-        xs, ys, shapes = {}, {}, {}
+        xs, ys, shapes, read_as = {}, {}, {}, {}
         for part in parts:
-            xs[part], shapes[part] = _features(
+            xs[part], shapes[part], read_as[part] = _features(
                 _array(arrays, f"x{part}", where), f"{where}: x{part}"
             )
             if f"y{part}" in keys:
                 y = _array(arrays, f"y{part}", where)
                 ys[part] = _labels(y, len(xs[part]), f"{where}: y{part}")
     if "x" in keys:
-        return split_dataset(where, xs[""], ys.get(""), shapes[""], test_fraction, seed)
+        return split_dataset(where, xs[""], ys.get(""), shapes[""], test_fraction, seed,
+                             read_as[""])
     if xs["_train"].shape[1] != xs["_test"].shape[1] or shapes["_train"] != shapes["_test"]:
         train, test = ((shapes[p] or (xs[p].shape[1],)) for p in ("_train", "_test"))
         raise DataError(f"{where}: x_train examples have shape {train} but x_test ones {test}")
     return Dataset(
-        where, xs["_train"], xs["_test"], ys.get("_train"), ys.get("_test"), shapes["_train"]
+        where, xs["_train"], xs["_test"], ys.get("_train"), ys.get("_test"), shapes["_train"],
+        "; ".join(sorted({note for note in read_as.values() if note})),
     )
 
 

@@ -9,6 +9,9 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
+# Distinct colours for up to 20 classes (tab10, then tab20's lighter halves).
+CLASS_COLOURS = [*plt.get_cmap("tab10").colors, *plt.get_cmap("tab20").colors[1::2]]
+
 
 def image_grid(images, image_shape, *, ncols=10, title=None, ax=None):
     """Show rows of flat images (N, H*W) as one grid image."""
@@ -73,26 +76,43 @@ def class_samples(vae, image_shape, *, num_per_class=10, class_names=None, ax=No
 
 
 def latent_space(vae, x, labels=None, *, y=None, ax=None):
-    """Posterior means E_q[z | x], coloured by label; projected on 2 principal axes if L > 2."""
+    """Posterior means E_q[z | x], one colour per label; projected on 2 principal axes if
+    L > 2."""
     with torch.no_grad():
         z = vae.encode(x, y).mean.detach().cpu().double()
     xlabel, ylabel = "z[0]", "z[1]"
     if z.shape[1] > 2:
         z = z - z.mean(0)
         _, _, v = torch.linalg.svd(z, full_matrices=False)
-        z = z @ v[:2].T
+        z = z @ v[:2].T  # fewer than two axes where there are fewer than two points
         xlabel, ylabel = "principal axis 1 of E[z|x]", "principal axis 2 of E[z|x]"
-    elif z.shape[1] == 1:
-        z = torch.cat([z, torch.zeros_like(z)], 1)
+    if z.shape[1] < 2:  # one latent dimension, or one point: a flat second axis
+        z = torch.cat([z, torch.zeros(len(z), 2 - z.shape[1], dtype=z.dtype)], 1)
     if ax is None:
         _, ax = plt.subplots(figsize=(5.5, 4.5))
-    colours = None if labels is None else labels.detach().cpu().numpy()
     z = z.numpy()
-    points = ax.scatter(z[:, 0], z[:, 1], c=colours, cmap="tab10", s=6, alpha=0.8)
-    if labels is not None:
-        ax.figure.colorbar(points, ax=ax, label="label")
+    if labels is None:
+        ax.scatter(z[:, 0], z[:, 1], s=6, alpha=0.8)
+    else:
+        _scatter_by_label(ax, z, labels.detach().cpu().numpy())
     ax.set(xlabel=xlabel, ylabel=ylabel, title="latent space: posterior means of test data")
     return ax.figure
+
+
+def _scatter_by_label(ax, z, labels):
+    # One colour and one legend entry per label present; a continuous scale only where
+    # there are too many classes to tell apart.
+    classes = sorted(set(labels.tolist()))
+    if len(classes) > len(CLASS_COLOURS):
+        points = ax.scatter(z[:, 0], z[:, 1], c=labels, cmap="viridis", s=6, alpha=0.8)
+        ax.figure.colorbar(points, ax=ax, label="label")
+        return
+    for i, label in enumerate(classes):
+        mine = labels == label
+        ax.scatter(z[mine, 0], z[mine, 1], color=CLASS_COLOURS[i], s=6, alpha=0.8,
+                   label=str(label))
+    ax.legend(title="label", loc="center left", bbox_to_anchor=(1.02, 0.5),
+              markerscale=2, frameon=False)
 
 
 def elbo_curves(metrics):

@@ -50,9 +50,11 @@ def load_checkpoint(path, map_location="cpu"):
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for a bad file; all mean the same here
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise CheckpointError(f"cannot read checkpoint {path}: it is corrupt or not a "
-                              f"ppl-vae checkpoint ({reason[:200]})") from None
+        # torch's own text runs to paragraphs and advises weights_only=False, which would let
+        # the file run code: only its type is quoted.
+        raise CheckpointError(f"cannot read checkpoint {path}: it is truncated, corrupt or "
+                              f"not a ppl-vae checkpoint ({type(err).__name__}); train "
+                              "again or restore the file from a copy") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a ppl-vae checkpoint (format {FORMAT})")
     return state

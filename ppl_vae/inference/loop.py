@@ -171,7 +171,8 @@ class Trainer:
         """
         loss = getattr(self.loss, "module", self.loss)  # the module inside DDP, if any
         n = self.data.x_train.shape[0]
-        for size in {self.batch_size, n % self.batch_size or self.batch_size}:
+        full = min(self.batch_size, n)  # a batch size above n makes one batch of all n
+        for size in {full, n % full or full}:
             # This process's share of a global batch of that size; any indices will do.
             idx = distributed.shard(torch.arange(size, device=self.device))
             y = None if self.data.y_train is None else self.data.y_train[idx]

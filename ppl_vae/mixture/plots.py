@@ -1,26 +1,39 @@
 """Figures for fitted mixtures: covariance ellipses over the data, and the objective.
 
-Data with more than two features are drawn in their first two principal components;
-each component's mean and covariance are projected onto the same plane, so that an
+Data with one or two features are drawn in their own units; data with more, in their first
+two principal components; each component's mean and covariance are projected onto the same plane, so that an
 ellipse is the exact marginal of that Gaussian in the plotted coordinates.
 """
 
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Ellipse
+from scipy.stats import multivariate_normal
 
 # Components lighter than this are drawn dashed: they are (nearly) unused.
 FADED_WEIGHT = 0.01
 
 
 def projection(X):
-    """(origin, basis): x -> (x - origin) @ basis maps data onto at most two axes (PCA)."""
+    """(origin, basis): x -> (x - origin) @ basis maps data onto at most two axes: the data
+    as they are with one or two features, their first two principal components (of the
+    mean-centred data) with more."""
     X = np.asarray(X, dtype=np.float64)
-    origin = X.mean(0)
     if X.shape[1] <= 2:
-        return origin, np.eye(X.shape[1])
+        return np.zeros(X.shape[1]), np.eye(X.shape[1])
+    origin = X.mean(0)
     _, _, vt = np.linalg.svd(X - origin, full_matrices=False)
     return origin, vt[:2].T
+
+
+def most_probable_component(X, weights, means, covariances):
+    """argmax_k of w_k N(x | mean_k, cov_k) for each row of X: the component a point is
+    drawn in, so that its colour matches that component's ellipse."""
+    log_joint = np.stack([
+        np.log(max(w, np.finfo(float).tiny))
+        + multivariate_normal.logpdf(X, mean, cov, allow_singular=True)
+        for w, mean, cov in zip(weights, means, covariances, strict=True)], axis=-1)
+    return log_joint.reshape(len(X), -1).argmax(1)
 
 
 def _ellipse(ax, mean, cov, n_std, **style):
@@ -32,7 +45,8 @@ def _ellipse(ax, mean, cov, n_std, **style):
 
 
 def plot_ellipses(X, weights, means, covariances, *, labels=None, title=None, ax=None):
-    """Scatter X (coloured by ``labels`` if given) with 1- and 2-sigma ellipses.
+    """Scatter X with 1- and 2-sigma ellipses, each point in the colour of its most probable
+    component (:func:`most_probable_component`).
 
     Parameters
     ----------
@@ -42,6 +56,8 @@ def plot_ellipses(X, weights, means, covariances, *, labels=None, title=None, ax
     covariances : array of shape (n_components, n_features, n_features)
         Full matrices (expand diag/spherical/tied ones first).
     labels : array of shape (n_samples,), optional
+        Accepted for older callers and not drawn: colours are components, whose numbering
+        need not match the labels' (the adjusted Rand index compares the two).
     """
     X = np.asarray(X, dtype=np.float64)
     if ax is None:
@@ -50,9 +66,9 @@ def plot_ellipses(X, weights, means, covariances, *, labels=None, title=None, ax
     if basis.shape[1] == 1:  # one feature: a second, empty axis keeps ellipses flat
         basis = np.hstack([basis, np.zeros((basis.shape[0], 1))])
     points = (X - origin) @ basis
-    colours = {"color": "0.5"} if labels is None else {
-        "c": np.asarray(labels) % 10, "cmap": "tab10", "vmin": -0.5, "vmax": 9.5}
-    ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.5, linewidths=0, **colours)
+    component = most_probable_component(X, weights, means, covariances)
+    ax.scatter(points[:, 0], points[:, 1], s=6, alpha=0.5, linewidths=0,
+               c=[f"C{k % 10}" for k in component])
     for k, (w, mean, cov) in enumerate(zip(weights, means, covariances, strict=True)):
         centre = (np.asarray(mean) - origin) @ basis
         plane = basis.T @ np.asarray(cov) @ basis
@@ -60,7 +76,7 @@ def plot_ellipses(X, weights, means, covariances, *, labels=None, title=None, ax
         for n_std in (1, 2):
             _ellipse(ax, centre, plane, n_std, linewidth=1.5 / n_std, **style)
         ax.plot(*centre, marker="x", color=style["color"], markersize=8)
-    ax.set_xlabel("x1" if X.shape[1] <= 2 else "PC 1")
+    ax.set_xlabel("x1" if X.shape[1] <= 2 else "PC 1 (of the mean-centred data)")
     ax.set_ylabel("x2" if X.shape[1] == 2 else ("PC 2" if X.shape[1] > 2 else ""))
     ax.autoscale_view()
     if title:
