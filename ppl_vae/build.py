@@ -23,7 +23,7 @@ from ppl_vae.data import (
     check_data,
     load_dataset,
 )
-from ppl_vae.device import resolve_device
+from ppl_vae.device import free_memory, resolve_device
 from ppl_vae.errors import CheckpointError, ConfigError
 from ppl_vae.evaluation.likelihood import evaluate_elbo
 from ppl_vae.inference.jit import JIT_VERSIONS, JitUnavailableWarning, jit_available
@@ -32,7 +32,7 @@ from ppl_vae.inference.penalties import PenalizedELBO, Penalty
 from ppl_vae.inference.runs import RunFolder, config_path
 from ppl_vae.inference.schedules import KLSchedule
 from ppl_vae.registry import lookup
-from ppl_vae.vae import Dims, build_vae
+from ppl_vae.vae import Dims, build_vae, parameter_bytes
 
 # Settings that may differ between a run and its resumption.
 RESUMABLE = {"train.epochs", "train.device", "train.jit", "train.eval_every"}
@@ -126,9 +126,10 @@ def _build(config, run_dir, *, progress, state):
     dims = _dims(dataset, model_cfg, lookup("likelihood", model_cfg["likelihood"]).support)
     if state is not None:
         _check_saved_dims(state, dims, dataset, run_dir)
+    parts = {k: v for k, v in model_cfg.items() if k not in ("latent_dim", "conditional")}
+    check_model_fits(parameter_bytes(dims, **parts), device, model_cfg)
     pyro.set_rng_seed(train_cfg["seed"])
-    program = build_vae(dims, **{k: v for k, v in model_cfg.items()
-                                 if k not in ("latent_dim", "conditional")}).to(device)
+    program = build_vae(dims, **parts).to(device)
     objective = make_objective(train_cfg["objective"], num_particles=train_cfg["num_particles"],
                                jit=train_cfg["jit"], options=train_cfg["objective_options"],
                                dims=dims)
@@ -154,6 +155,24 @@ def _build(config, run_dir, *, progress, state):
         trainer.load_state_dict(state)
     return Experiment(config, dataset, data, dims, program, trainer,
                       None if run_dir is None else Path(run_dir))
+
+
+# Training holds each parameter four times: the value, its gradient and Adam's two moments.
+TRAINING_COPIES = 4
+
+
+def check_model_fits(param_bytes, device, model_cfg):
+    """ConfigError, before anything is built, where training the model would not fit in the
+    memory free on ``device`` (None: the size is unknown, nothing is checked)."""
+    if param_bytes is None:
+        return
+    need, free = TRAINING_COPIES * param_bytes, free_memory(device)
+    if need > free:
+        raise ConfigError(
+            f"the model needs about {need:,} bytes to train ({param_bytes:,} of parameters, "
+            f"times {TRAINING_COPIES} for gradients and Adam's moments) but {device} has "
+            f"{free:,} free; lower --latent-dim (now {model_cfg['latent_dim']}) or --hidden "
+            f"(now {','.join(map(str, model_cfg['hidden'])) or 'none'})")
 
 
 def _dims(dataset, model_cfg, support):

@@ -35,3 +35,13 @@ def resolve_device(device="auto") -> torch.device:
     elif dev.type != "cpu":
         raise DeviceError(f"unsupported device {device!r}; use 'auto', 'cpu' or 'cuda'")
     return dev
+
+
+def free_memory(device) -> int:
+    """Bytes free on ``device`` now: the GPU's free memory, or the host's available RAM."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    import psutil
+
+    return psutil.virtual_memory().available

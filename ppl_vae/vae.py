@@ -242,3 +242,16 @@ def _make(kind, name, *args, options=None):
         return cls(*args, **(options or {}))
     except TypeError as err:
         raise ConfigError(f"bad options for {kind} {name!r}: {err}") from None
+
+
+def parameter_bytes(dims, **parts):
+    """Bytes of the parameters and buffers ``build_vae(dims, **parts)`` makes, counted on
+    torch's meta device, where nothing is allocated: a size can be refused before it is
+    built. None where a part cannot be built there."""
+    try:
+        with torch.device("meta"):
+            program = build_vae(dims, **parts)
+    except (NotImplementedError, RuntimeError):  # an operation the meta device lacks
+        return None
+    return sum(t.numel() * t.element_size()
+               for t in itertools.chain(program.parameters(), program.buffers()))
