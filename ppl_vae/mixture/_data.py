@@ -99,6 +99,7 @@ class ChunkedData:
         self.shard_sizes = self._shard_sizes() if self.shard else [self.n_samples]
         self.n_total = sum(self.shard_sizes)
         self.center = self._mean() if center is None else center.to(device, torch.float64)
+        self._check_magnitude()
         self._center_c = self.center.to(dtype)
         if source.device != device:
             self._source = self._resident_copy()
@@ -110,6 +111,20 @@ class ChunkedData:
 
     def _check_finite(self):
         check_finite(self._source, self.name)
+
+    def _check_magnitude(self):
+        # Squares of the centred data enter the covariances in the compute dtype; beyond
+        # sqrt(its largest value) they overflow to inf, and the Cholesky fails far from here.
+        limit = torch.finfo(self.dtype).max ** 0.5
+        center = self.center.to(self._source.device)
+        largest = max((float((block.to(torch.float64) - center).abs().max())
+                       for _, block in self._raw_chunks(2**16)), default=0.0)
+        if largest > limit:
+            name = str(self.dtype).removeprefix("torch.")
+            raise DataError(
+                f"{self.name}: values reach {largest:.3g} from the mean, and their squares "
+                f"overflow {name} (beyond {limit:.3g}); fit with dtype='float64' or rescale "
+                "the data (e.g. standardise each feature)")
 
     def _shard_sizes(self):
         # Every process checks the same gathered shapes, so all of them raise together.
