@@ -27,6 +27,10 @@ def _fails(capsys, argv, *fragments):
     return err
 
 
+def _argv_id(value):
+    return " ".join(value) if isinstance(value, list) else ""
+
+
 @pytest.fixture
 def files(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
@@ -59,7 +63,7 @@ BAD_NUMBERS = [
 ]
 
 
-@pytest.mark.parametrize(("argv", "message"), BAD_NUMBERS, ids=lambda a: " ".join(a)[:40] if isinstance(a, list) else "")
+@pytest.mark.parametrize(("argv", "message"), BAD_NUMBERS, ids=_argv_id)
 def test_numbers_out_of_range_are_one_line(files, capsys, argv, message):
     writes = argv[0] in ("train", "gmm", "compare") and "--out" not in argv
     _fails(capsys, [*argv, "--out", "out"] if writes else argv, message)
@@ -81,7 +85,7 @@ BAD_DATA = [
 ]
 
 
-@pytest.mark.parametrize(("argv", "message"), BAD_DATA, ids=lambda a: " ".join(a)[:40] if isinstance(a, list) else "")
+@pytest.mark.parametrize(("argv", "message"), BAD_DATA, ids=_argv_id)
 def test_unusable_data_is_one_line(files, capsys, argv, message):
     _fails(capsys, [*argv, "--out", "out"], message)
     assert not (files / "out").exists()

@@ -57,7 +57,8 @@ def add_train_arguments(parser):
     parser.add_argument("--model", default="vae",
                         help="model file: a name in models/ (vae, gaussian_vae, ...) or a path "
                              "to a .toml file (default: vae)")
-    parser.add_argument("--out", type=new_folder, help="run folder (default: runs/<model name>[-N])")
+    parser.add_argument("--out", type=new_folder,
+                        help="run folder (default: runs/<model name>[-N])")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last checkpoint "
                              "(only --epochs, --device, --jit and --eval-every may change)")

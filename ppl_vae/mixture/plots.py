@@ -1,8 +1,9 @@
 """Figures for fitted mixtures: covariance ellipses over the data, and the objective.
 
 Data with one or two features are drawn in their own units; data with more, in their first
-two principal components; each component's mean and covariance are projected onto the same plane, so that an
-ellipse is the exact marginal of that Gaussian in the plotted coordinates.
+two principal components; each component's mean and covariance are projected onto the
+same plane, so that an ellipse is the exact marginal of that Gaussian in the plotted
+coordinates.
 """
 
 import matplotlib.pyplot as plt
