@@ -172,7 +172,7 @@ class Trainer:
         """
         loss = getattr(self.loss, "module", self.loss)  # the module inside DDP, if any
         n = self.data.x_train.shape[0]
-        for size in {self.batch_size, n % self.batch_size or self.batch_size}:
+        for size in {min(self.batch_size, n), n % self.batch_size or self.batch_size}:
             # This process's share of a global batch of that size; any indices will do.
             idx = distributed.shard(torch.arange(size, device=self.device))
             y = None if self.data.y_train is None else self.data.y_train[idx]

@@ -173,6 +173,7 @@ def claim_run_dir(out, name, *, root="runs", resume=False):
         raise CheckpointError(f"{out} is not a run folder: it does not exist")
     fd = _lock(out)
     if not resume and not _reusable(out):
+        (out / LOCK).unlink()  # ours while we hold it; the folder is left as it was
         os.close(fd)
         raise ConfigError(f"{out} already exists and is not empty; choose another --out, "
                           f"or continue that run with --resume {out}")
