@@ -21,6 +21,7 @@ from ppl_vae.inference import runs
 from ppl_vae.inference.checkpoint import load_checkpoint
 
 ROOT = Path(__file__).resolve().parent.parent
+COLUMNS = ("epoch", "step", "train_elbo", "test_elbo", "test_recon", "test_kl")
 SMALL = ["--hidden", "16", "--latent-dim", "2", "--batch-size", "256", "--quiet"]
 
 
@@ -54,8 +55,7 @@ def snapshot(folder):
 def metric_rows(folder):
     """metrics.csv's columns epoch .. test_kl (seconds differ between runs)."""
     with open(Path(folder) / "metrics.csv", newline="") as f:
-        return [[row[k] for k in ("epoch", "step", "train_elbo", "test_elbo", "test_recon",
-                                  "test_kl")] for row in csv.DictReader(f)]
+        return [[row[k] for k in COLUMNS] for row in csv.DictReader(f)]
 
 
 def assert_same_run(a, b):
@@ -91,9 +91,7 @@ def test_two_processes_asking_for_one_folder_one_is_refused(tmp_path):
     assert str(out) in err
     state = load_checkpoint(out / "checkpoint.pt")
     assert state["epoch"] == 2 and len(metric_rows(out)) == 2
-    assert metric_rows(out) == [[str(row[k]) for k in ("epoch", "step", "train_elbo",
-                                                       "test_elbo", "test_recon", "test_kl")]
-                                for row in state["metrics"]]
+    assert metric_rows(out) == [[str(row[k]) for k in COLUMNS] for row in state["metrics"]]
     assert {p.name for p in out.iterdir()} >= {"config.toml", "metrics.csv", "checkpoint.pt"}
 
 
@@ -140,6 +138,9 @@ def test_a_run_killed_at_any_write_resumes_to_the_uninterrupted_result(
             train("--epochs", 3, "--out", out)
     saved = load_checkpoint(out / "checkpoint.pt")
     assert [row["epoch"] for row in saved["metrics"]] == list(range(1, saved["epoch"] + 1))
+    # Resumed to where it stands, it trains nothing and its metrics.csv is the checkpoint's.
+    assert train("--resume", out, "--epochs", saved["epoch"]) == 0
+    assert metric_rows(out) == [[str(row[k]) for k in COLUMNS] for row in saved["metrics"]]
     (out / ".checkpoint.pt.killed.tmp").write_bytes(b"half a checkpoint")
     # The same command line with --resume appended continues it.
     assert train("--epochs", 3, "--out", out, "--resume", out) == 0
