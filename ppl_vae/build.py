@@ -6,6 +6,7 @@ configurations: :func:`build` makes its inputs, :func:`resume` rebuilds them fro
 folder and restores the checkpoint, :func:`load_run` does the same for evaluation.
 """
 
+import hashlib
 import warnings
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -14,8 +15,9 @@ import pyro
 import torch
 
 from ppl_vae import distributed
-from ppl_vae.config import dump_toml, load_config
+from ppl_vae.config import config_from_text, dump_toml, load_config
 from ppl_vae.data import (
+    ARRAY_SUFFIXES,
     BINARIZATIONS,
     DATASETS,
     Dataset,
@@ -24,12 +26,12 @@ from ppl_vae.data import (
     load_dataset,
 )
 from ppl_vae.device import free_memory, resolve_device
-from ppl_vae.errors import CheckpointError, ConfigError
+from ppl_vae.errors import CheckpointError, ConfigError, DataError
 from ppl_vae.evaluation.likelihood import evaluate_elbo
 from ppl_vae.inference.jit import JIT_VERSIONS, JitUnavailableWarning, jit_available
 from ppl_vae.inference.loop import Trainer, adam
 from ppl_vae.inference.penalties import PenalizedELBO, Penalty
-from ppl_vae.inference.runs import RunFolder, config_path
+from ppl_vae.inference.runs import CHECKPOINT, RunFolder, config_path
 from ppl_vae.inference.schedules import KLSchedule
 from ppl_vae.registry import lookup
 from ppl_vae.vae import Dims, build_vae, parameter_bytes
@@ -56,6 +58,8 @@ class Experiment:
         The VAE (``model`` and ``guide``).
     trainer : Trainer
     run_dir : Path or None
+    classes : list of int or None
+        A conditional program's label values; label ``classes[c]`` is class ``c``.
     """
 
     config: dict
@@ -65,6 +69,7 @@ class Experiment:
     program: torch.nn.Module
     trainer: Trainer
     run_dir: Path | None
+    classes: list | None = None
 
     @property
     def metrics(self):
@@ -79,7 +84,7 @@ class Experiment:
         row of metrics."""
         main = distributed.is_main()
         if main and self.trainer.run_folder is not None:
-            self.trainer.run_folder.create()
+            self.trainer.run_folder.start(self.trainer.metrics, self.trainer.metric_names)
         last = self.trainer.run()
         if figures and main and self.run_dir is not None:
             from ppl_vae.evaluation.plots import save_run_figures
@@ -91,29 +96,75 @@ class Experiment:
 
 def build(config, run_dir=None, *, progress=True):
     """The objects of a new run of ``config``; ``run_dir`` None writes nothing."""
-    return _build(config, run_dir, progress=progress, state=None)
+    return _build(resolve_data_path(config), run_dir, progress=progress, state=None)
 
 
 def resume(run_dir, *, overrides=None, progress=True):
     """Rebuild the run in ``run_dir`` and restore its last checkpoint.
 
-    Only the settings in ``RESUMABLE`` (the number of epochs, the device, JIT, how often to
-    score) may be overridden; the result equals that of a run that was never interrupted.
+    The checkpoint's own copy of the configuration is the run's; ``overrides`` and any
+    edit of ``config.toml`` are checked against it by one rule: only the settings in
+    ``RESUMABLE`` (the number of epochs, the device, JIT, how often to score) may change,
+    and a value equal to the run's is no change. The result equals that of a run that was
+    never interrupted. A folder holding only ``config.toml`` (killed before its first
+    checkpoint) starts from scratch.
     """
-    path = config_path(run_dir)
+    toml = config_path(run_dir)
     overrides = {k: v for k, v in (overrides or {}).items() if v is not None}
-    frozen = sorted(set(overrides) - RESUMABLE)
-    if frozen:
-        raise ConfigError(f"cannot change {', '.join(frozen)} when resuming; only "
-                          f"{', '.join(sorted(RESUMABLE))} may change")
-    config = load_config(path, overrides)
-    state = RunFolder(run_dir, "").load()
+    state = None
+    stored = load_config(toml)
+    if (Path(run_dir) / CHECKPOINT).exists():
+        state = RunFolder(run_dir, "").load()
+        edited, stored = stored, config_from_text(state["config"],
+                                                  source=f"the checkpoint in {run_dir}")
+        changes = _changes(stored, edited)
+        _refuse(changes, f"{toml} differs from its checkpoint's config in", "in config.toml")
+        overrides = {**{key: new for key, (_, new) in changes.items()}, **overrides}
+    config = resolve_data_path(config_from_text(dump_toml(stored), overrides,
+                                                source=str(toml)))
+    _refuse(_changes(resolve_data_path(stored), config), "cannot change", "given")
+    epoch, epochs = (state or {}).get("epoch", 0), config["train"]["epochs"]
+    if epoch > epochs:
+        raise ConfigError(f"{run_dir} is already at epoch {epoch}, past train.epochs = "
+                          f"{epochs}; give --epochs {epoch} or more to continue it")
     return _build(config, run_dir, progress=progress, state=state)
+
+
+def _changes(old, new):
+    """``{"section.key": (old value, new value)}`` where two configurations differ."""
+    flat = [{f"{section}.{key}" if isinstance(table, dict) else section: value
+             for section, table in config.items()
+             for key, value in (table.items() if isinstance(table, dict) else [(None, table)])}
+            for config in (old, new)]
+    return {key: (flat[0].get(key), value) for key, value in flat[1].items()
+            if flat[0].get(key) != value}
+
+
+def _refuse(changes, what, where):
+    frozen = sorted(set(changes) - RESUMABLE)
+    if frozen:
+        values = "; ".join(f"{key}: {changes[key][0]!r} in the run, {changes[key][1]!r} "
+                           f"{where}" for key in frozen)
+        raise ConfigError(f"{what} {', '.join(frozen)} when resuming ({values}); only "
+                          f"{', '.join(sorted(RESUMABLE))} may change")
+
+
+def resolve_data_path(config):
+    """``config`` with a data file named by its absolute path, so that evaluation and
+    resumption from another directory read the same file."""
+    name = str(config["data"]["dataset"])
+    if name.lower() in DATASETS or Path(name).suffix.lower() not in ARRAY_SUFFIXES:
+        return config
+    return {**config, "data": {**config["data"], "dataset": str(Path(name).resolve())}}
 
 
 def load_run(run_dir, *, device="auto"):
     """A trained run, to evaluate: its objects with the last checkpoint restored and the
     program in eval mode."""
+    if not (Path(run_dir) / CHECKPOINT).exists():
+        config_path(run_dir)
+        raise CheckpointError(f"no checkpoint in {run_dir}: the run ended before its first "
+                              f"epoch; continue it with --resume {run_dir}")
     experiment = resume(run_dir, overrides={"train.device": device}, progress=False)
     experiment.program.eval()
     return experiment
@@ -123,9 +174,14 @@ def _build(config, run_dir, *, progress, state):
     data_cfg, model_cfg, train_cfg = config["data"], config["model"], config["train"]
     device = distributed.init_from_environment(resolve_device(train_cfg["device"]))
     dataset = load_data(data_cfg, seed=train_cfg["seed"])
-    dims = _dims(dataset, model_cfg, lookup("likelihood", model_cfg["likelihood"]).support)
+    fingerprint = data_fingerprint(data_cfg, dataset)
     if state is not None:
-        _check_saved_dims(state, dims, dataset, run_dir)
+        _check_saved_data(state, fingerprint, dataset, run_dir)
+    classes = None
+    if model_cfg["conditional"] and dataset.y_train is not None:
+        classes = (state or {}).get("classes") or label_values(dataset)
+        dataset = index_labels(dataset, classes)
+    dims = _dims(dataset, model_cfg, lookup("likelihood", model_cfg["likelihood"]).support)
     parts = {k: v for k, v in model_cfg.items() if k not in ("latent_dim", "conditional")}
     check_model_fits(parameter_bytes(dims, **parts), device, model_cfg)
     pyro.set_rng_seed(train_cfg["seed"])
@@ -141,8 +197,9 @@ def _build(config, run_dir, *, progress, state):
                           steps_per_epoch=-(-data.x_train.shape[0] // train_cfg["batch_size"]),
                           warmup_epochs=train_cfg["kl_warmup_epochs"],
                           cycle_epochs=train_cfg["kl_cycle_epochs"])
-    run = None if run_dir is None else RunFolder(run_dir, dump_toml(config),
-                                                 meta={"dims": asdict(dims)})
+    meta = {"dims": asdict(dims), "classes": classes,
+            "data": {"source": data_cfg["dataset"], "fingerprint": fingerprint}}
+    run = None if run_dir is None else RunFolder(run_dir, dump_toml(config), meta=meta)
     trainer = Trainer(program, objective, adam(program.parameters(), lr=train_cfg["lr"]), data,
                       batch_size=train_cfg["batch_size"], epochs=train_cfg["epochs"],
                       seed=train_cfg["seed"], schedule=schedule,
@@ -154,7 +211,45 @@ def _build(config, run_dir, *, progress, state):
     else:
         trainer.load_state_dict(state)
     return Experiment(config, dataset, data, dims, program, trainer,
-                      None if run_dir is None else Path(run_dir))
+                      None if run_dir is None else Path(run_dir), classes)
+
+
+def data_fingerprint(data_cfg, dataset):
+    """sha1 of a data file's bytes, or of a built-in data set's arrays as loaded."""
+    name = str(data_cfg["dataset"])
+    digest = hashlib.sha1()
+    if name.lower() not in DATASETS and Path(name).is_file():
+        with open(name, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
+    for array in (dataset.x_train, dataset.x_test, dataset.y_train, dataset.y_test):
+        if array is not None:
+            digest.update(array.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def label_values(dataset):
+    """The label values present in the training or test set, in increasing order."""
+    return torch.cat([y for y in (dataset.y_train, dataset.y_test)
+                      if y is not None]).unique().tolist()
+
+
+def index_labels(dataset, classes):
+    """``dataset`` with each label replaced by its index in ``classes``."""
+    values = torch.tensor(classes, dtype=torch.int64)
+    indexed = []
+    for y in (dataset.y_train, dataset.y_test):
+        if y is None:
+            indexed.append(None)
+            continue
+        at = torch.searchsorted(values, y).clamp(max=len(classes) - 1)
+        unknown = y[values[at] != y]
+        if unknown.numel():
+            raise DataError(f"{dataset.name} has label {int(unknown[0])}, which is not one of "
+                            f"the run's classes ({', '.join(map(str, classes))})")
+        indexed.append(at)
+    return replace(dataset, y_train=indexed[0], y_test=indexed[1])
 
 
 # Training holds each parameter four times: the value, its gradient and Adam's two moments.
@@ -186,12 +281,17 @@ def _dims(dataset, model_cfg, support):
                 image_shape=dataset.image_shape)
 
 
-def _check_saved_dims(state, dims, dataset, run_dir):
+def _check_saved_data(state, fingerprint, dataset, run_dir):
     saved = state["dims"]
-    if saved["data_dim"] != dims.data_dim:
+    if saved["data_dim"] != dataset.data_dim:
         raise CheckpointError(
             f"the checkpoint in {run_dir} was trained on data of dimension "
-            f"{saved['data_dim']}, but {dataset.name} has dimension {dims.data_dim}")
+            f"{saved['data_dim']}, but {dataset.name} has dimension {dataset.data_dim}")
+    old = state.get("data", {}).get("fingerprint")
+    if old is not None and old != fingerprint:
+        raise DataError(f"the data of {run_dir} changed: {dataset.name} has fingerprint "
+                        f"{fingerprint}, but the run was trained on data with fingerprint "
+                        f"{old}")
 
 
 def setup_from_data(program, x_train):

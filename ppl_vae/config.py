@@ -129,15 +129,21 @@ def load_config(name_or_path=None, overrides=None):
     overrides : dict, optional
         ``{"model.latent_dim": 2, "train.epochs": 5, ...}``; None values are skipped.
     """
+    if name_or_path is None:
+        return config_from_text("", overrides, source="the defaults")
+    path = find_model_file(name_or_path)
+    with open(path, encoding="utf-8") as f:
+        return config_from_text(f.read(), overrides, source=str(path))
+
+
+def config_from_text(text, overrides=None, *, source):
+    """:func:`load_config` of a model file's TOML ``text`` (read from ``source``)."""
     config = copy.deepcopy(DEFAULTS)
-    if name_or_path is not None:
-        path = find_model_file(name_or_path)
-        try:
-            with open(path, "rb") as f:
-                from_file = tomllib.load(f)
-        except tomllib.TOMLDecodeError as err:
-            raise ConfigError(f"{path} is not valid TOML: {err}") from None
-        _merge(config, from_file, DEFAULTS, source=str(path))
+    try:
+        from_file = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"{source} is not valid TOML: {err}") from None
+    _merge(config, from_file, DEFAULTS, source=source)
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue

@@ -6,7 +6,10 @@ user error (a :class:`~ppl_vae.errors.PplVaeError`) ends as one line on stderr,
 """
 
 import argparse
+import contextlib
+import os
 import sys
+from pathlib import Path
 
 from ppl_vae.commands.common import (
     OneLineParser,
@@ -54,7 +57,7 @@ TRAIN_OVERRIDES = {
 
 def add_train_arguments(parser):
     """The flags of ``ppl-vae train`` / ``scripts/train_vae.py``."""
-    parser.add_argument("--model", default="vae",
+    parser.add_argument("--model",
                         help="model file: a name in models/ (vae, gaussian_vae, ...) or a path "
                              "to a .toml file (default: vae)")
     parser.add_argument("--out", type=new_folder,
@@ -112,20 +115,34 @@ def train_command(args):
     from ppl_vae.build import build, resume
     from ppl_vae.config import load_config
     from ppl_vae.device import resolve_device
-    from ppl_vae.inference.runs import new_run_dir
+    from ppl_vae.inference.runs import claim_run_dir
 
     overrides = {key: getattr(args, flag) for flag, key in TRAIN_OVERRIDES.items()}
+    # Only rank 0 of a torchrun job writes, so only it claims the folder.
+    writer = int(os.environ.get("RANK", "0")) == 0
     if args.resume:
-        if args.out:
-            raise PplVaeError("--resume continues a run in its own folder; drop --out")
-        experiment = resume(args.resume, overrides=overrides, progress=not args.quiet)
-    else:
-        config = load_config(args.model, overrides)
-        # Under torchrun every process picks the same folder; none creates it before all have.
-        distributed.init_from_environment(resolve_device(config["train"]["device"]))
-        run_dir = new_run_dir(args.out, config["name"])
-        distributed.barrier()
-        experiment = build(config, run_dir, progress=not args.quiet)
+        if args.out and Path(args.out).resolve() != Path(args.resume).resolve():
+            raise PplVaeError(f"--resume continues a run in its own folder {args.resume}; "
+                              f"drop --out {args.out}")
+        if args.model:  # every setting of that model file, checked against the run's
+            config = load_config(args.model, overrides)
+            overrides = {f"{section}.{key}": value for section, table in config.items()
+                         if isinstance(table, dict) for key, value in table.items()}
+            overrides["name"] = config["name"]
+        claim = (claim_run_dir(args.resume, None, resume=True) if writer
+                 else contextlib.nullcontext(args.resume))
+        with claim as run_dir:
+            experiment = resume(run_dir, overrides=overrides, progress=not args.quiet)
+            return _train(experiment, distributed)
+    config = load_config(args.model or "vae", overrides)
+    distributed.init_from_environment(resolve_device(config["train"]["device"]))
+    claim = (claim_run_dir(args.out, config["name"]) if writer
+             else contextlib.nullcontext(None))
+    with claim as run_dir:
+        return _train(build(config, run_dir, progress=not args.quiet), distributed)
+
+
+def _train(experiment, distributed):
     if not distributed.is_main():
         experiment.run()
         return 0
@@ -134,8 +151,10 @@ def train_command(args):
     if experiment.trainer.batch_size > dims.num_data:
         notes.append(f"batch size {experiment.trainer.batch_size} clamped to the "
                      f"{dims.num_data} training examples")
+    classes = ("" if experiment.classes is None else
+               f", {len(experiment.classes)} classes: {', '.join(map(str, experiment.classes))}")
     print(f"training {experiment.config['name']} on {experiment.dataset.name} "
-          f"({dims.num_data} examples, D={dims.data_dim}) "
+          f"({dims.num_data} examples, D={dims.data_dim}{classes}) "
           f"on {experiment.device}; writing to {experiment.run_dir}"
           + "".join(f"; {note}" for note in notes), file=sys.stderr)
     last = experiment.run()

@@ -3,12 +3,12 @@
 
 import shlex
 import sys
-from pathlib import Path
 
 from ppl_vae.commands.common import OneLineParser, run_command, seed_int
 from ppl_vae.device import resolve_device
 from ppl_vae.errors import ConfigError
 from ppl_vae.evaluation import compare
+from ppl_vae.inference.runs import claim_run_dir
 
 
 def build_parser(prog="ppl-vae compare"):
@@ -33,7 +33,7 @@ def build_parser(prog="ppl-vae compare"):
         parser.add_argument(f"--{flag}", type=int, help=f"{help_text} (default: {value})")
     parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default: 0)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--out", default="runs/compare", help="output folder "
+    parser.add_argument("--out", help="output folder "
                                                               "(default: runs/compare)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny budgets for a smoke test (seconds, not converged)")
@@ -57,16 +57,19 @@ def run(args):
     compare.check_methods(methods)
     settings = settings_from_args(args)
     resolve_device(settings.device)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} exists and is not a folder")
+    # Claimed before any fitting: a folder that holds another run or cannot be written
+    # is refused at once.
+    with claim_run_dir(args.out, "compare") as out:
+        return _compare_into(args, out, methods, settings)
+
+
+def _compare_into(args, out, methods, settings):
     data = compare.load_data(args.data, pca_dims=args.pca_dims, seed=args.seed, quick=args.quick)
     settings = compare.resolve_settings(data, settings)
     print(f"{data.description}: {len(data.x_train)} train / {len(data.x_test)} test points, "
           f"{settings.components} components", file=sys.stderr)
     fits = compare.run_comparison(data, settings, methods,
                                   log=lambda line: print(line, file=sys.stderr))
-    out.mkdir(parents=True, exist_ok=True)
     rows = compare.table_rows(fits)
     command = shlex.join(["ppl-vae", "compare", *args.argv])
     preamble = (f"{data.description}; {len(data.x_train)} training and {len(data.x_test)} "

@@ -13,6 +13,7 @@ statistics are summed over the processes each iteration, so the fit is that of a
 Only rank 0 prints, shows progress, evaluates and writes files.
 """
 
+import contextlib
 import json
 import math
 import os
@@ -20,7 +21,6 @@ import sys
 import time
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -31,6 +31,7 @@ from ppl_vae.commands.common import OneLineParser, run_command, seed_int
 from ppl_vae.data.points import load_points
 from ppl_vae.device import resolve_device
 from ppl_vae.errors import ConfigError
+from ppl_vae.inference.runs import claim_run_dir
 from ppl_vae.mixture._covariance import COVARIANCE_TYPES, covariance_type
 
 METHOD_NAMES = ("em", "cavi", "pyro-map", "pyro-meanfield", "nuts")
@@ -227,11 +228,18 @@ def run(args):
 
 
 def _fit_and_report(args):
-    data = load_points(args.data, pca_dims=args.pca_dims, seed=args.seed, quick=args.quick)
-    out = Path(args.out or f"runs/gmm-{args.method}")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {str(out)!r} exists and is not a folder")
     writer = distributed.is_main()
+    # Claimed before any fitting: a folder that holds another run or cannot be written
+    # is refused at once.
+    claim = (claim_run_dir(args.out, f"gmm-{args.method}") if writer
+             else contextlib.nullcontext(None))
+    with claim as out:
+        return _fit_into(args, out)
+
+
+def _fit_into(args, out):
+    writer = out is not None
+    data = load_points(args.data, pca_dims=args.pca_dims, seed=args.seed, quick=args.quick)
     if writer:
         print(f"{args.method} on {data.name}: {len(data.x_train)} train / "
               f"{len(data.x_test)} test points, {data.x_train.shape[1]} features, "
@@ -269,7 +277,6 @@ def _fit_and_report(args):
         "ari_test": _adjusted_rand(data.y_test, model.predict(data.x_test)),
         **fit.extra,
     }
-    out.mkdir(parents=True, exist_ok=True)
     from ppl_vae.mixture.plots import save_figures
 
     save_figures(out, data.x_train, result["weights"], result["means"], fit.covariances,

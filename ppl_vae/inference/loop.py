@@ -110,10 +110,11 @@ class Trainer:
             self.program.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
         except (RuntimeError, ValueError, KeyError) as err:
-            first = str(err).strip().splitlines()[0]
+            # torch's message is a header line and then the mismatches, one per line
+            reason = " ".join(line.strip() for line in str(err).splitlines() if line.strip())
             where = self.run_folder.path if self.run_folder else "the checkpoint"
             raise CheckpointError(f"the checkpoint in {where} does not fit the model of its "
-                                  f"config.toml: {first}") from None
+                                  f"config.toml: {reason[:400]}") from None
         if "objective" in state:
             self.auxiliary.load_checkpoint_state(state["objective"])
         self.epoch, self.step = state["epoch"], state["step"]
