@@ -353,7 +353,8 @@ print("fit seconds: " + ", ".join(f"{r['method']} {r['seconds']:.1f}" for r in r
 #
 # `ppl-vae compare` (or `python scripts/compare.py`) runs section 2 with these settings and
 # writes `compare.md` and `compare.csv` (the table), `objectives.png`, `ellipses.png`,
-# `forest.png` and `posterior_summary.csv` into `--out` (default `runs/compare`):
+# `forest.png` and `posterior_summary.csv` into `--out` (default `runs/compare`, or
+# `runs/compare-2`, ... when taken: a run never writes into another):
 #
 # ```bash
 # ppl-vae compare                        # digits, 4 principal components, every method
