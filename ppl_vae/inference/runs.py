@@ -6,6 +6,7 @@ a folder always describes the checkpoint's state.
 """
 
 import csv
+import re
 from pathlib import Path
 
 from ppl_vae.errors import CheckpointError, ConfigError
@@ -65,11 +66,13 @@ def config_path(run_dir):
     return path
 
 
-def new_run_dir(out, name, *, root="runs"):
+def new_run_dir(out, name, *, root="runs", changes=None):
     """The folder a new run writes to.
 
     An explicit ``out`` must be new or empty: an existing run is never written over. Without
-    ``out`` the run goes to ``runs/<name>``, or ``runs/<name>-2``, ``-3``, ... if taken.
+    ``out`` the run goes to ``runs/<name>`` followed by what ``changes`` (``{"prior": "vamp",
+    "lr": 0.003}``: what the command line changed from the model file) sets, as in
+    ``runs/vae-prior=vamp-lr=0.003``; or to that name with ``-2``, ``-3``, ... if taken.
     """
     if out is not None:
         out = Path(out)
@@ -77,6 +80,12 @@ def new_run_dir(out, name, *, root="runs"):
             raise ConfigError(f"{out} already exists and is not empty; choose another --out, "
                               f"or continue that run with --resume {out}")
         return out
+    for key, value in (changes or {}).items():
+        if isinstance(value, list | tuple):
+            value = ",".join(map(str, value)) or "none"
+        # A data file is named by its file name; nothing in a name may start a sub-folder.
+        value = re.sub(r"[^\w.,+=-]", "_", Path(str(value)).name)
+        name = f"{name}-{key}={value}"
     base = Path(root) / name
     candidate, k = base, 1
     while candidate.exists():
