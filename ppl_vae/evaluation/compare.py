@@ -61,6 +61,7 @@ class Settings:
     # cheaper here: its wider posterior needs longer trajectories per draw.
     nuts_points: int | None = None
     nuts_draws: int = 300  # NUTS draws, after as many warm-up steps
+    nuts_tree_depth: int = 10  # at most 2**depth - 1 leapfrog steps per draw (Pyro's default)
     vae_steps: int = 3000  # VAE SVI steps of vae_batch points
     vae_batch: int = 256
     vae_lr: float = 1e-2  # Adam's, decayed to 1% of it over the steps
@@ -75,8 +76,8 @@ class Settings:
     @classmethod
     def quick(cls, **changes):
         """A smoke-test budget: every method runs, in seconds, far from converged."""
-        small = dict(max_iter=20, svi_steps=30, nuts_draws=10, vae_steps=40,
-                     num_samples=50, posterior_draws=50)
+        small = dict(max_iter=20, svi_steps=30, nuts_points=200, nuts_draws=10,
+                     nuts_tree_depth=4, vae_steps=40, num_samples=50, posterior_draws=50)
         return cls(**{**small, **changes})
 
 
@@ -272,7 +273,7 @@ def fit_nuts(data, settings):
     start = time.perf_counter()
     model = nuts_gmm(x, settings.components, num_samples=settings.nuts_draws,
                      warmup_steps=settings.nuts_draws, random_state=settings.seed,
-                     progress=settings.progress,
+                     progress=settings.progress, max_tree_depth=settings.nuts_tree_depth,
                      device=settings.device)
     return _mixture_fit("nuts", model, data, n_train=len(x), history=[], objective=None,
                         objective_name="none (a sampler)",
