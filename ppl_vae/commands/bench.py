@@ -516,7 +516,8 @@ def bench_eval(args):
     torch.manual_seed(args.seed)
     vae = build_vae(Dims(data_dim=d, latent_dim=16, num_data=n), hidden=(256, 256)).to(device)
     vae.eval()
-    x = torch.bernoulli(torch.rand(n, d, generator=torch.Generator().manual_seed(args.seed))).to(device)
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.bernoulli(torch.rand(n, d, generator=gen)).to(device)
     print(f"log p(x) of {n} points (D={d}, an untrained VAE with the default MLP 256-256, "
           f"latent 16), K importance samples each; median of {repeats} after a warm-up, "
           f"interleaved; {args.threads} thread(s), device {device}; torch {torch.__version__}, "
