@@ -14,7 +14,8 @@ from ppl_vae.vae import Dims, build_vae
 
 
 def quick(name, *extra):
-    return bench.build_parser().parse_args([name, "--quick", *extra])
+    # The benchmarks take a resolved device, as main hands them; "auto" is the flag's default.
+    return bench.build_parser().parse_args([name, "--quick", "--device", "cpu", *extra])
 
 
 def test_bench_gmm_quick_agrees_with_sklearn(capsys):

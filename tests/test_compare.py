@@ -134,7 +134,8 @@ def test_a_linear_decoder_vae_is_the_gaussian_mixture_it_implies():
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--data", "mnist"], "--data must be one of digits, blobs; got 'mnist'"),
+    (["--dataset", "mnist"], "--dataset must be one of digits, blobs, or a .npy/.npz file; "
+                             "got 'mnist'"),
     (["--methods", "em,gibbs"], "unknown method(s) gibbs"),
     (["--nuts-draws", "0"], "--nuts-draws must be a positive integer; got 0"),
     (["--pca-dims", "65"], "--pca-dims must be between 1 and 64; got 65"),
@@ -147,8 +148,9 @@ def test_user_errors_are_one_line_and_exit_2(argv, message, tmp_path, capsys):
 
 
 def test_script_runs_the_same_command(tmp_path):
-    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), "--data",
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), "--dataset",
                              "nope", "--out", str(tmp_path / "out")],
                             capture_output=True, text=True)
     assert result.returncode == 2
-    assert result.stderr == "error: --data must be one of digits, blobs; got 'nope'\n"
+    assert result.stderr == ("error: --dataset must be one of digits, blobs, or a .npy/.npz "
+                             "file; got 'nope'\n")

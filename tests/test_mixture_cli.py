@@ -62,7 +62,7 @@ def test_cavi_quick_on_a_npy_file(tmp_path):
 
 BAD = [
     (["--data", "missing.npy"], "does not exist"),
-    (["--data", "table.csv"], "--data must be blobs"),
+    (["--dataset", "table.csv"], "--dataset must be blobs"),
     (["--components", "0"], "--components must be a positive integer"),
     (["--method", "gibbs"], "invalid choice"),
     (["--method", "nuts", "--covariance-type", "diag"], "full covariances only"),

@@ -11,14 +11,16 @@ import os
 import sys
 from pathlib import Path
 
+from ppl_vae import __version__
 from ppl_vae.commands.common import (
     OneLineParser,
+    add_shared_arguments,
     bounded_int,
     new_folder,
     positive_int_list,
     run_command,
-    seed_int,
 )
+from ppl_vae.config import DEFAULTS
 from ppl_vae.data.arrays import BINARIZATIONS
 from ppl_vae.errors import PplVaeError
 from ppl_vae.inference.schedules import KLSchedule
@@ -55,59 +57,95 @@ TRAIN_OVERRIDES = {
 }
 
 
+# The tiny budget of ``train --quick``: a smoke test of the model file, not a model.
+QUICK_EPOCHS = 2
+
+
+def _builtin(key):
+    """The built-in default of a configuration key, as it is written on the command line."""
+    table, name = key.split(".")
+    value = DEFAULTS[table][name]
+    return ",".join(map(str, value)) if isinstance(value, list) else value
+
+
+def _help(flag, text):
+    """``text`` and the flag's default: the model file's value, else the built-in one."""
+    return f"{text} (default: the model file's; built-in: {_builtin(TRAIN_OVERRIDES[flag])})"
+
+
+def _part_help(kind, text=""):
+    from ppl_vae.registry import TABLES
+
+    names = ", ".join(TABLES[kind])
+    return _help(kind, f"{text}{names}, or a part of your own as module:Class")
+
+
 def add_train_arguments(parser):
     """The flags of ``ppl-vae train`` / ``scripts/train_vae.py``."""
+    from ppl_vae.data.datasets import DATASETS
+
     parser.add_argument("--model",
                         help="model file: a name in models/ (vae, gaussian_vae, ...) or a path "
-                             "to a .toml file (default: vae)")
+                             "to a .toml file; the defaults below are its settings "
+                             "(default: vae)")
     parser.add_argument("--out", type=new_folder,
-                        help="run folder (default: runs/<model name>[-N])")
+                        help="run folder (default: runs/<model name>, followed by the settings "
+                             "changed here, e.g. runs/vae-prior=vamp)")
     parser.add_argument("--resume", metavar="RUN_DIR",
                         help="continue the run in RUN_DIR from its last checkpoint "
                              "(only --epochs, --device, --jit and --eval-every may change)")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"a smoke test: {QUICK_EPOCHS} epochs unless --epochs is given "
+                             "(seconds on digits; not a trained model)")
     data = parser.add_argument_group("data")
-    data.add_argument("--dataset", help="digits (default), mnist, fashion-mnist, ppca, "
-                                        "or a .npz/.npy file")
-    data.add_argument("--data-dir", help="folder of downloaded data sets (default: data)")
+    data.add_argument("--dataset", help=_help("dataset", f"{', '.join(DATASETS)}, "
+                                                         "or a .npz/.npy file"))
+    data.add_argument("--data-dir", help=_help("data_dir", "folder of downloaded data sets"))
     data.add_argument("--download", action="store_const", const=True,
-                      help="download mnist / fashion-mnist into --data-dir if missing")
+                      help=_help("download", "download mnist / fashion-mnist into --data-dir "
+                                             "if missing"))
     data.add_argument("--binarize", choices=list(BINARIZATIONS),
-                      help="binarisation of [0, 1] data for Bernoulli-type likelihoods")
+                      help=_help("binarize", "binarisation of [0, 1] data for Bernoulli-type "
+                                             "likelihoods"))
     parts = parser.add_argument_group("model parts (names from ppl_vae.registry)")
-    parts.add_argument("--prior")
-    parts.add_argument("--guide")
-    parts.add_argument("--likelihood")
-    parts.add_argument("--encoder")
-    parts.add_argument("--decoder")
-    parts.add_argument("--latent-dim", type=int)
+    for kind in ("prior", "guide", "likelihood", "encoder", "decoder"):
+        parts.add_argument(f"--{kind}", help=_part_help(kind))
+    parts.add_argument("--latent-dim", type=int, help=_help("latent_dim", "dimension of z"))
     parts.add_argument("--hidden", type=positive_int_list, metavar="W1,W2,...",
-                       help="hidden widths of encoder and decoder; '' for linear nets")
-    parts.add_argument("--beta", type=float, help="weight of the KL term (1 = the ELBO)")
+                       help=_help("hidden", "hidden widths of encoder and decoder; '' for "
+                                            "linear nets"))
+    parts.add_argument("--beta", type=float,
+                       help=_help("beta", "weight of the KL term (1 = the ELBO)"))
     parts.add_argument("--conditional", action=argparse.BooleanOptionalAction, default=None,
-                       help="conditional VAE: encoder and decoder see the one-hot label")
-    parts.add_argument("--corruption", help="denoising: none, gaussian, salt-pepper or mask "
-                                            "noise on the guide's input while training")
+                       help=_help("conditional", "conditional VAE: encoder and decoder see "
+                                                 "the one-hot label"))
+    parts.add_argument("--corruption", help=_part_help(
+        "corruption", "denoising: noise on the guide's input while training: "))
     parts.add_argument("--corruption-level", type=float,
-                       help="noise std (gaussian) or share of entries corrupted")
+                       help=_help("corruption_level", "noise std (gaussian) or share of "
+                                                      "entries corrupted"))
     train = parser.add_argument_group("training")
-    train.add_argument("--objective", help="elbo (Monte Carlo KL), meanfield (analytic KL), "
-                                           "iwae, tcvae, factorvae, dipvae-i, dipvae-ii")
-    train.add_argument("--num-particles", type=int)
+    train.add_argument("--objective", help=_part_help("objective"))
+    train.add_argument("--num-particles", type=int,
+                       help=_help("num_particles", "samples of z per point (K of iwae)"))
     train.add_argument("--jit", action=argparse.BooleanOptionalAction, default=None,
-                       help="compile model and guide with torch.jit (elbo, meanfield)")
-    train.add_argument("--epochs", type=int)
+                       help=_help("jit", "compile model and guide with torch.jit "
+                                         "(elbo, meanfield)"))
+    train.add_argument("--epochs", type=int, help=_help("epochs", "passes over the data"))
     train.add_argument("--eval-every", type=int, metavar="N",
-                       help="score the test set every N epochs and after the last (default 1)")
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--lr", type=float)
-    train.add_argument("--seed", type=seed_int)
-    train.add_argument("--device", help="auto (default: CUDA if available), cpu or cuda")
+                       help=_help("eval_every", "score the test set every N epochs and after "
+                                                "the last"))
+    train.add_argument("--batch-size", type=int, help=_help("batch_size", "points per step"))
+    train.add_argument("--lr", type=float, help=_help("lr", "Adam's learning rate"))
+    add_shared_arguments(train, seed=None, device=None)
     train.add_argument("--kl-schedule", choices=list(KLSchedule.KINDS),
-                       help="KL annealing: the weight of the KL term rises to --beta")
+                       help=_help("kl_schedule", "KL annealing: the weight of the KL term rises "
+                                                 "to --beta"))
     train.add_argument("--kl-warmup-epochs", type=float,
-                       help="epochs over which the KL weight rises (linear, cyclical)")
-    train.add_argument("--kl-cycle-epochs", type=float, help="length of a cyclical cycle")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+                       help=_help("kl_warmup_epochs", "epochs over which the KL weight rises "
+                                                      "(linear, cyclical)"))
+    train.add_argument("--kl-cycle-epochs", type=float,
+                       help=_help("kl_cycle_epochs", "length of a cyclical cycle"))
 
 
 def train_command(args):
@@ -115,9 +153,13 @@ def train_command(args):
     from ppl_vae.build import build, resume
     from ppl_vae.config import load_config
     from ppl_vae.device import resolve_device
-    from ppl_vae.inference.runs import claim_run_dir
+    from ppl_vae.inference.runs import claim_run_dir, run_name
 
     overrides = {key: getattr(args, flag) for flag, key in TRAIN_OVERRIDES.items()}
+    if args.quick and args.resume:
+        raise PplVaeError("--quick starts a new run; --resume continues one: give one of them")
+    if args.quick and args.epochs is None:
+        overrides["train.epochs"] = QUICK_EPOCHS
     # Only rank 0 of a torchrun job writes, so only it claims the folder.
     writer = int(os.environ.get("RANK", "0")) == 0
     if args.resume:
@@ -136,7 +178,8 @@ def train_command(args):
             return _train(experiment, distributed)
     config = load_config(args.model or "vae", overrides)
     distributed.init_from_environment(resolve_device(config["train"]["device"]))
-    claim = (claim_run_dir(args.out, config["name"]) if writer
+    name = run_name(config["name"], _changes(args.model or "vae", config))
+    claim = (claim_run_dir(args.out, name) if writer
              else contextlib.nullcontext(None))
     with claim as run_dir:
         return _train(build(config, run_dir, progress=not args.quiet), distributed)
@@ -165,6 +208,19 @@ def _train(experiment, distributed):
     return 0
 
 
+def _changes(model, config):
+    """``{flag: value}`` of the settings in ``config`` that differ from the model file's."""
+    from ppl_vae.config import load_config
+
+    base = load_config(model)
+    changes = {}
+    for flag, key in TRAIN_OVERRIDES.items():
+        table, name = key.split(".")
+        if config[table][name] != base[table][name]:
+            changes[flag.replace("_", "-")] = config[table][name]
+    return changes
+
+
 def add_eval_arguments(parser):
     """The flags of ``ppl-vae eval`` / ``scripts/evaluate.py``."""
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder of ppl-vae train")
@@ -174,16 +230,18 @@ def add_eval_arguments(parser):
                         help="test (and training) points for the inference gaps (default: 500)")
     parser.add_argument("--gap-steps", type=int, default=300,
                         help="Adam steps of the per-datapoint q* fit (default: 300)")
-    parser.add_argument("--device", default="auto",
-                        help="auto (default: CUDA if available), cpu or cuda")
+    add_shared_arguments(parser)
 
 
 def eval_command(args):
+    import pyro
+
     from ppl_vae.evaluation.report import evaluate_run, markdown_table
 
+    pyro.set_rng_seed(args.seed)
     row, paths = evaluate_run(args.run_dir, num_samples=args.num_samples,
                               gap_points=args.gap_points, gap_steps=args.gap_steps,
-                              device=args.device)
+                              device=args.device, progress=not args.quiet)
     print(markdown_table([row]), end="")
     print(f"nats per example on the test set; written to {', '.join(map(str, paths))}",
           file=sys.stderr)
@@ -217,6 +275,7 @@ def build_parser():
         prog="ppl-vae",
         description="Variational autoencoders as Pyro programs, beside the Gaussian mixtures "
                     "(EM, mean-field VI, Pyro SVI and NUTS) they grow out of.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     train = commands.add_parser("train", help="train a VAE with SVI (see --help)")
     add_train_arguments(train)

@@ -29,7 +29,7 @@ import warnings
 
 import numpy as np
 
-from ppl_vae.commands.common import OneLineParser, bounded_int
+from ppl_vae.commands.common import OneLineParser, add_shared_arguments, bounded_int
 
 BENCHMARKS = {}
 
@@ -113,7 +113,7 @@ def bench_gmm(args):
           f"{'CPU ratio':>10}{'log-lik':>16}{'rel. diff':>10}")
     rows = {}
     for name, (cov_type, n, d, k) in cases.items():
-        X, means = mixture_data(n, d, k, seed=0)
+        X, means = mixture_data(n, d, k, seed=args.seed)
         kw = dict(covariance_type=cov_type, max_iter=iters, tol=0.0, **start(X, means, cov_type))
         fits = {"scikit-learn": lambda kw=kw, k=k: SklearnGaussianMixture(k, **kw)}
         for dtype in args.dtypes.split(","):
@@ -321,7 +321,7 @@ def bench_svi(args):
     with tempfile.TemporaryDirectory() as tmp:
         for batch_size in batch_sizes:
             n = steps * batch_size
-            gen = torch.Generator().manual_seed(0)
+            gen = torch.Generator().manual_seed(args.seed)
             path = Path(tmp) / f"data{batch_size}.npz"
             np.savez(path, x_train=torch.rand(n, d, generator=gen).numpy(),
                      x_test=torch.rand(256, d, generator=gen).numpy())
@@ -369,7 +369,7 @@ def bench_svi(args):
 # ------------------------------------------------------------------------------ parts
 
 
-def _parts(device, quick):
+def _parts(device, quick, seed=0):
     """(name, the usual form, ours) for each part of a training step the trainer makes
     faster; both forms compute the same thing (the tests check each pair)."""
     import pyro.distributions as dist
@@ -384,7 +384,7 @@ def _parts(device, quick):
     from ppl_vae.vae import Dims, build_vae
 
     b, d, latent = (16, 64, 4) if quick else (128, 784, 16)
-    gen = torch.Generator().manual_seed(0)
+    gen = torch.Generator().manual_seed(seed)
     x = torch.rand(b, d, generator=gen).to(device)
     vae = build_vae(Dims(data_dim=d, latent_dim=latent, num_data=30 * b), hidden=(256, 256))
     vae.to(device)
@@ -452,7 +452,7 @@ def bench_parts(args):
           f"{torch.__version__}, load average {os.getloadavg()[0]:.1f}")
     print(f"{'part':<58}{'usual us':>10}{'ours us':>10}{'speed-up':>10}{'quartiles':>14}")
     rows = {}
-    for name, usual, ours in _parts(args.device, args.quick):
+    for name, usual, ours in _parts(args.device, args.quick, args.seed):
         loops = {"usual": lambda f=usual: [f() for _ in range(calls)],
                  "ours": lambda f=ours: [f() for _ in range(calls)]}
         rates = _interleaved(loops, repeats, calls)
@@ -513,10 +513,11 @@ def bench_eval(args):
     device = torch.device(args.device)
     d, n, sample_counts = (64, 16, (10, 100)) if args.quick else (784, 128, (100, 1000, 5000))
     repeats = args.repeats or (1 if args.quick else 5)
-    torch.manual_seed(0)
+    torch.manual_seed(args.seed)
     vae = build_vae(Dims(data_dim=d, latent_dim=16, num_data=n), hidden=(256, 256)).to(device)
     vae.eval()
-    x = torch.bernoulli(torch.rand(n, d, generator=torch.Generator().manual_seed(0))).to(device)
+    gen = torch.Generator().manual_seed(args.seed)
+    x = torch.bernoulli(torch.rand(n, d, generator=gen)).to(device)
     print(f"log p(x) of {n} points (D={d}, an untrained VAE with the default MLP 256-256, "
           f"latent 16), K importance samples each; median of {repeats} after a warm-up, "
           f"interleaved; {args.threads} thread(s), device {device}; torch {torch.__version__}, "
@@ -567,7 +568,7 @@ def build_parser(prog=None):
     parser.add_argument("--repeats", type=int,
                         help="timed rounds, median reported (default: 15 for svi and parts, 5 for "
                              "eval, 3 for gmm)")
-    parser.add_argument("--device", default="cpu", help="device for ours (default: cpu)")
+    add_shared_arguments(parser, quiet=False)
     parser.add_argument("--dtypes", default="float32,float64",
                         help="compute dtypes of ours to time (default: float32,float64)")
     parser.add_argument("--threads", type=bounded_int(1), default=1,

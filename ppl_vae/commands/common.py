@@ -1,4 +1,5 @@
-"""What every subcommand shares: user errors as one line and exit status 2."""
+"""What every subcommand shares: user errors as one line and exit status 2, and the flags
+that mean the same everywhere (one name, one help, one default)."""
 
 import argparse
 import sys
@@ -53,6 +54,35 @@ def new_folder(text):
         raise argparse.ArgumentTypeError(f"{text} is a file, not a folder; give a folder "
                                          "that is new or empty")
     return text
+
+
+SEED_HELP = "random seed"
+DEVICE_HELP = "auto (CUDA if available), cpu or cuda"
+QUIET_HELP = "no progress bars"
+
+
+def add_shared_arguments(parser, *, seed=0, device="auto", quiet=True):
+    """``--seed``, ``--device`` and (for a command with progress bars) ``--quiet``.
+
+    A ``None`` default means "the model file's"; the help then names the built-in one.
+    """
+    def default(value, builtin):
+        return f"default: {value}" if value is not None else \
+            f"default: the model file's; built-in: {builtin}"
+
+    parser.add_argument("--seed", type=seed_int, default=seed,
+                        help=f"{SEED_HELP} ({default(seed, 0)})")
+    parser.add_argument("--device", default=device,
+                        help=f"{DEVICE_HELP} ({default(device, 'auto')})")
+    if quiet:
+        parser.add_argument("--quiet", action="store_true", help=QUIET_HELP)
+
+
+def add_dataset_argument(parser, **kwargs):
+    """``--dataset``, with ``--data`` (its old name in gmm and compare) as a hidden alias."""
+    parser.add_argument("--dataset", **kwargs)
+    parser.add_argument("--data", dest="dataset", default=argparse.SUPPRESS,
+                        help=argparse.SUPPRESS)
 
 
 def run_command(main, argv=None):

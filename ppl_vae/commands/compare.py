@@ -4,7 +4,12 @@
 import shlex
 import sys
 
-from ppl_vae.commands.common import OneLineParser, run_command, seed_int
+from ppl_vae.commands.common import (
+    OneLineParser,
+    add_dataset_argument,
+    add_shared_arguments,
+    run_command,
+)
 from ppl_vae.device import resolve_device
 from ppl_vae.errors import ConfigError
 from ppl_vae.evaluation import compare
@@ -13,8 +18,10 @@ from ppl_vae.inference.runs import claim_run_dir
 
 def build_parser(prog="ppl-vae compare"):
     parser = OneLineParser(prog=prog, description=compare.__doc__.splitlines()[0])
-    parser.add_argument("--data", default="digits",
-                        help=f"{', '.join(compare.DATA_SETS)} (default: digits)")
+    add_dataset_argument(parser, default="digits",
+                         help=f"{', '.join(compare.DATA_SETS)}, or a .npy file of points (N, d) "
+                              "or a .npz holding them as x (and labels as y), as in gmm "
+                              "(default: digits)")
     parser.add_argument("--pca-dims", type=int, default=compare.PCA_DIMS,
                         help="principal components kept of digits (default: "
                              f"{compare.PCA_DIMS})")
@@ -22,7 +29,8 @@ def build_parser(prog="ppl-vae compare"):
                         help=f"comma-separated, from {', '.join(compare.METHODS)} "
                              "(default: all)")
     parser.add_argument("--components", type=int,
-                        help="K (default: the number of classes: 10 digits, 3 blobs)")
+                        help="K (default: the number of classes: 10 digits, 3 blobs; "
+                             "needed for a file without labels)")
     default = compare.Settings()
     for flag, help_text in (("svi-steps", "SVI steps of the Pyro mixtures"),
                             ("nuts-points", "training points NUTS sees"),
@@ -31,8 +39,7 @@ def build_parser(prog="ppl-vae compare"):
                             ("num-samples", "K of the VAEs' importance-sampled log p(x)")):
         value = getattr(default, flag.replace("-", "_")) or "all"
         parser.add_argument(f"--{flag}", type=int, help=f"{help_text} (default: {value})")
-    parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    add_shared_arguments(parser)
     parser.add_argument("--out", help="output folder "
                                                               "(default: runs/compare)")
     parser.add_argument("--quick", action="store_true",
@@ -41,7 +48,8 @@ def build_parser(prog="ppl-vae compare"):
 
 
 def settings_from_args(args):
-    changes = {"components": args.components, "seed": args.seed, "device": args.device}
+    changes = {"components": args.components, "seed": args.seed, "device": args.device,
+               "progress": not args.quiet}
     for name in ("svi_steps", "nuts_points", "nuts_draws", "vae_steps", "num_samples"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -64,7 +72,7 @@ def run(args):
 
 
 def _compare_into(args, out, methods, settings):
-    data = compare.load_data(args.data, pca_dims=args.pca_dims, seed=args.seed, quick=args.quick)
+    data = compare.load_data(args.dataset, pca_dims=args.pca_dims, seed=args.seed, quick=args.quick)
     settings = compare.resolve_settings(data, settings)
     print(f"{data.description}: {len(data.x_train)} train / {len(data.x_test)} test points, "
           f"{settings.components} components", file=sys.stderr)

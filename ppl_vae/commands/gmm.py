@@ -27,7 +27,12 @@ import torch
 from tqdm.auto import tqdm
 
 from ppl_vae import distributed
-from ppl_vae.commands.common import OneLineParser, run_command, seed_int
+from ppl_vae.commands.common import (
+    OneLineParser,
+    add_dataset_argument,
+    add_shared_arguments,
+    run_command,
+)
 from ppl_vae.data.points import load_points
 from ppl_vae.device import resolve_device
 from ppl_vae.errors import ConfigError
@@ -68,7 +73,7 @@ def _fit_sklearn_style(cls, args, data, objective, per_example, **kwargs):
     scale = 1.0 / len(data.x_train) if per_example else 1.0
     max_iter = args.max_iter or (30 if args.quick else 100)
     with tqdm(total=max_iter, desc=args.method, file=sys.stderr,
-              disable=not distributed.is_main()) as bar:
+              disable=args.quiet or not distributed.is_main()) as bar:
         callback = _progress_callback(bar, "objective")
         model = cls(args.components, covariance_type=args.covariance_type, max_iter=max_iter,
                     n_init=args.n_init, random_state=args.seed, device=args.device,
@@ -117,7 +122,7 @@ def _fit_pyro(args, data, guide):
     steps = args.max_iter or (30 if args.quick else 1000)
     model = pyro_gmm.PyroGaussianMixture(args.components, guide=guide, num_steps=steps,
                                          random_state=args.seed, device=args.device,
-                                         progress=True)
+                                         progress=not args.quiet)
     model.fit(data.x_train)
     history = [float(v) for v in np.asarray(model.lower_bounds_)]
     for step in range(0, len(history), max(1, len(history) // 20)):
@@ -150,7 +155,7 @@ def fit_nuts(args, data):
     draws = args.max_iter or (10 if args.quick else 500)
     model = pyro_gmm.nuts_gmm(data.x_train, args.components, num_samples=draws,
                               warmup_steps=draws, random_state=args.seed, device=args.device,
-                              progress=True)
+                              progress=not args.quiet)
     history = [float(v) for v in _draw_log_likelihoods(model.samples, data.x_train)]
     for i in range(0, len(history), max(1, len(history) // 20)):
         print(f"draw {i + 1:5d}  log-likelihood {history[i]:.8g}")
@@ -171,9 +176,10 @@ def build_parser(prog="ppl-vae gmm"):
     parser.add_argument("--method", choices=list(METHODS), default="em",
                         help="em (maximum likelihood), cavi (mean-field VI), pyro-map, "
                              "pyro-meanfield (Pyro SVI) or nuts (default: em)")
-    parser.add_argument("--data", default="blobs",
-                        help="blobs (synthetic, known labels), digits, iris, wine or a .npy "
-                             "file of shape (n_samples, n_features) (default: blobs)")
+    add_dataset_argument(parser, default="blobs",
+                         help="blobs (synthetic, known labels), digits, iris, wine, or a .npy "
+                              "file of shape (n_samples, n_features) or a .npz holding it as "
+                              "x (and labels as y) (default: blobs)")
     parser.add_argument("--pca-dims", type=int, default=2,
                         help="principal components kept of the 64 digits pixels (default: 2)")
     parser.add_argument("--components", type=int, default=3,
@@ -184,8 +190,7 @@ def build_parser(prog="ppl-vae gmm"):
                         help="iterations (em, cavi; default 100), SVI steps (pyro-*; default "
                              "1000) or NUTS draws and warm-up steps (nuts; default 500)")
     parser.add_argument("--n-init", type=int, default=1, help="restarts (em, cavi; default 1)")
-    parser.add_argument("--seed", type=seed_int, default=0, help="random seed (default: 0)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    add_shared_arguments(parser)
     parser.add_argument("--out", help="output folder (default: runs/gmm-<method>)")
     parser.add_argument("--quick", action="store_true",
                         help="small data and few iterations, for a smoke test")
@@ -239,7 +244,7 @@ def _fit_and_report(args):
 
 def _fit_into(args, out):
     writer = out is not None
-    data = load_points(args.data, pca_dims=args.pca_dims, seed=args.seed, quick=args.quick)
+    data = load_points(args.dataset, pca_dims=args.pca_dims, seed=args.seed, quick=args.quick)
     if writer:
         print(f"{args.method} on {data.name}: {len(data.x_train)} train / "
               f"{len(data.x_test)} test points, {data.x_train.shape[1]} features, "

@@ -1,7 +1,8 @@
 """Point sets for the mixtures: small tables of points with known labels, split 80/20.
 
 ``blobs`` (three 2-D Gaussians with known parameters), ``digits`` (PCA to a few
-dimensions), ``iris``, ``wine``, or a ``.npy`` file of shape (N, d).
+dimensions), ``iris``, ``wine``, or a file: a ``.npy`` array of shape (N, d), or a ``.npz``
+holding it as ``x`` (and, optionally, integer labels of shape (N,) as ``y``).
 """
 
 from dataclasses import dataclass
@@ -84,26 +85,36 @@ POINT_SETS = {"blobs": _blobs, "digits": _digits, "iris": _scikit_learn("iris"),
               "wine": _scikit_learn("wine")}
 
 
-def _npy(spec):
+def _from_file(spec):
     path = Path(spec)
-    if path.suffix != ".npy":
-        raise ConfigError(f"--data must be {', '.join(POINT_SETS)} or a .npy file; "
+    if path.suffix not in (".npy", ".npz"):
+        raise ConfigError(f"--dataset must be {', '.join(POINT_SETS)} or a .npy/.npz file; "
                           f"got {spec!r}")
     if not path.is_file():
         raise DataError(f"data file {spec!r} does not exist")
     try:
-        return np.load(path, allow_pickle=False), None
+        loaded = np.load(path, allow_pickle=False)
+        if isinstance(loaded, np.ndarray):
+            return loaded, None
+        with loaded:
+            if "x" not in loaded.files:
+                raise DataError(f"{spec!r} holds arrays {sorted(loaded.files)}; expected the "
+                                "points as 'x' (and optional labels 'y')")
+            X, y = loaded["x"], loaded["y"] if "y" in loaded.files else None
     except (OSError, ValueError) as exc:
-        raise DataError(f"cannot read {spec!r} as a .npy array: {exc}") from None
+        raise DataError(f"cannot read {spec!r} as a {path.suffix} file: {exc}") from None
+    if y is not None and y.shape != (len(X),):
+        raise DataError(f"{spec!r}: expected labels 'y' of shape ({len(X)},); got {y.shape}")
+    return X, y
 
 
 def load_points(spec, *, pca_dims=2, seed=0, quick=False):
     """A named point set (:data:`POINT_SETS`; ``digits`` by PCA to ``pca_dims``) or a
-    ``.npy`` path, split 80/20 with ``seed``; ``quick`` keeps at most 400 points."""
+    ``.npy``/``.npz`` path, split 80/20 with ``seed``; ``quick`` keeps at most 400 points."""
     if spec in POINT_SETS:
         X, y = POINT_SETS[spec](seed=seed, quick=quick, pca_dims=pca_dims)
     else:
-        X, y = _npy(spec)
+        X, y = _from_file(spec)
     check_finite(as_2d_tensor(X, name=spec), name=spec)
     if quick and len(X) > 400:
         X, y = X[:400], None if y is None else y[:400]

@@ -27,6 +27,7 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -60,6 +61,7 @@ class Settings:
     # cheaper here: its wider posterior needs longer trajectories per draw.
     nuts_points: int | None = None
     nuts_draws: int = 300  # NUTS draws, after as many warm-up steps
+    nuts_tree_depth: int = 10  # at most 2**depth - 1 leapfrog steps per draw (Pyro's default)
     vae_steps: int = 3000  # VAE SVI steps of vae_batch points
     vae_batch: int = 256
     vae_lr: float = 1e-2  # Adam's, decayed to 1% of it over the steps
@@ -69,12 +71,13 @@ class Settings:
     posterior_draws: int = 1000  # draws of the CAVI and SVI posteriors for ArviZ
     seed: int = 0
     device: str = "auto"
+    progress: bool = False  # NUTS's progress bar on stderr
 
     @classmethod
     def quick(cls, **changes):
         """A smoke-test budget: every method runs, in seconds, far from converged."""
-        small = dict(max_iter=20, svi_steps=30, nuts_draws=10, vae_steps=40,
-                     num_samples=50, posterior_draws=50)
+        small = dict(max_iter=20, svi_steps=30, nuts_points=200, nuts_draws=10,
+                     nuts_tree_depth=4, vae_steps=40, num_samples=50, posterior_draws=50)
         return cls(**{**small, **changes})
 
 
@@ -86,8 +89,8 @@ class Data:
     description: str
     x_train: np.ndarray
     x_test: np.ndarray
-    y_train: np.ndarray
-    y_test: np.ndarray
+    y_train: np.ndarray | None  # None: a file of points without labels
+    y_test: np.ndarray | None
 
 
 def _digits(*, pca_dims, seed, quick):
@@ -120,16 +123,29 @@ def _blobs(*, pca_dims, seed, quick):
 DATA_SETS = {"digits": _digits, "blobs": _blobs}
 
 
+def _points_file(path, *, seed, quick):
+    from ppl_vae.data.points import load_points
+
+    points = load_points(path, seed=seed, quick=quick)
+    return Data(Path(path).stem, f"{path}: {points.x_train.shape[1]}-D points",
+                points.x_train, points.x_test, points.y_train, points.y_test)
+
+
 def load_data(name="digits", *, pca_dims=PCA_DIMS, seed=0, quick=False):
-    """``digits`` reduced by PCA to ``pca_dims`` whitened components, or ``blobs``.
+    """``digits`` reduced by PCA to ``pca_dims`` whitened components, ``blobs``, or a
+    ``.npy``/``.npz`` file of points read as the gmm command reads it
+    (:func:`ppl_vae.data.points.load_points`).
 
     digits: the project's 80/20 split of the 1,797 images (:func:`ppl_vae.data.load_dataset`),
     PCA fitted on the training images only, each component scaled to unit variance. blobs:
     three 2-D Gaussians with known parameters (:func:`ppl_vae.data.points.make_blobs`),
     1,500 points (300 with ``quick``), split 80/20.
     """
+    if Path(name).suffix in (".npy", ".npz"):
+        return _points_file(name, seed=seed, quick=quick)
     if name not in DATA_SETS:
-        raise ConfigError(f"--data must be one of {', '.join(DATA_SETS)}; got {name!r}")
+        raise ConfigError(f"--dataset must be one of {', '.join(DATA_SETS)}, or a .npy/.npz "
+                          f"file; got {name!r}")
     return DATA_SETS[name](pca_dims=pca_dims, seed=seed, quick=quick)
 
 
@@ -163,7 +179,7 @@ class Fit:
 def _ari(data, predicted):
     from sklearn.metrics import adjusted_rand_score
 
-    return float(adjusted_rand_score(data.y_test, predicted))
+    return None if data.y_test is None else float(adjusted_rand_score(data.y_test, predicted))
 
 
 def _mixture_fit(method, model, data, *, n_train, history, objective_name, objective,
@@ -257,6 +273,7 @@ def fit_nuts(data, settings):
     start = time.perf_counter()
     model = nuts_gmm(x, settings.components, num_samples=settings.nuts_draws,
                      warmup_steps=settings.nuts_draws, random_state=settings.seed,
+                     progress=settings.progress, max_tree_depth=settings.nuts_tree_depth,
                      device=settings.device)
     return _mixture_fit("nuts", model, data, n_train=len(x), history=[], objective=None,
                         objective_name="none (a sampler)",
@@ -403,6 +420,8 @@ def _with_notes(fit_fn, *args):
 
 def resolve_settings(data, settings):
     """``settings`` with the defaults that depend on the data filled in."""
+    if settings.components is None and data.y_train is None:
+        raise ConfigError(f"{data.name} has no labels to count classes in: give --components")
     if settings.components is None:
         settings = replace(settings, components=len(np.unique(data.y_train)))
     if settings.components < 1:

@@ -45,6 +45,9 @@ from ppl_vae.parts.local import fit_local
 MAX_ROWS = {"cpu": 2**11, "cuda": 2**15}
 # The scale that q* of a guide without a density (the delta guide) starts from.
 DELTA_PROPOSAL_SCALE = 0.1
+# Monte Carlo draws per point: of each ELBO of the inference gaps, of each step of the q* fit.
+ELBO_SAMPLES = 1000
+Q_STAR_SAMPLES = 8
 
 
 def elbo_terms(vae, x, y=None, idx=None):
@@ -135,8 +138,8 @@ def _proposal_or_guide(vae, proposal, idx):
     return guide_proposal(vae, idx)
 
 
-def fit_optimal_posterior(vae, x, y=None, *, idx=None, steps=300, lr=0.05, num_samples=8,
-                          batch_size=512):
+def fit_optimal_posterior(vae, x, y=None, *, idx=None, steps=300, lr=0.05,
+                          num_samples=Q_STAR_SAMPLES, batch_size=512, progress=None):
     """q*: each point's best member of the guide's family, by Adam on its own ELBO.
 
     Starting from the guide's local parameters for the point (the encoder's output, the
@@ -144,7 +147,8 @@ def fit_optimal_posterior(vae, x, y=None, *, idx=None, steps=300, lr=0.05, num_s
     per-datapoint guide), with the model fixed (:func:`ppl_vae.parts.local.fit_local`). For the
     diagonal guide q* is the per-datapoint diagonal normal of Cremer et al. (2018). A guide
     without a density (the delta guide) gets a diagonal normal centred at its point, scale
-    ``DELTA_PROPOSAL_SCALE`` to start.
+    ``DELTA_PROPOSAL_SCALE`` to start. ``progress``, if given, is called with the
+    point-samples each step scored (``steps * len(x) * num_samples`` in all).
 
     Returns
     -------
@@ -162,7 +166,7 @@ def fit_optimal_posterior(vae, x, y=None, *, idx=None, steps=300, lr=0.05, num_s
             raw = float(softplus_inv(torch.tensor(DELTA_PROPOSAL_SCALE)))
             init = torch.cat([init, torch.full_like(init, raw)], dim=-1)
         fitted.append(fit_local(vae, xb, yb, family, init, steps=steps, lr=lr,
-                                num_samples=num_samples))
+                                num_samples=num_samples, progress=progress))
     return FittedPosterior(family, torch.cat(fitted))
 
 
@@ -170,7 +174,7 @@ def fit_optimal_posterior(vae, x, y=None, *, idx=None, steps=300, lr=0.05, num_s
 
 
 def log_likelihood(vae, x, y=None, *, idx=None, num_samples=5000, proposal=None,
-                   batch_size=1024, max_rows=None):
+                   batch_size=1024, max_rows=None, progress=None):
     """Importance-sampled log p(x) per example, with z_k ~ q(z | x):
 
         log p(x) ~ logsumexp_k [log p(x, z_k) - log q(z_k | x)] - log K.
@@ -200,6 +204,8 @@ def log_likelihood(vae, x, y=None, *, idx=None, num_samples=5000, proposal=None,
     max_rows : int, optional
         Samples x points per vectorized pass; by default :data:`MAX_ROWS` of ``x``'s
         device type (2,048 on a CPU, 32,768 on a GPU). The estimate does not depend on it.
+    progress : callable, optional
+        Called after each chunk with the point-samples it scored (``N * K`` in all).
 
     Returns
     -------
@@ -208,21 +214,22 @@ def log_likelihood(vae, x, y=None, *, idx=None, num_samples=5000, proposal=None,
     """
     proposal = _proposal_or_guide(vae, proposal, idx)
     return _reduce_log_weights(vae, x, y, proposal, num_samples, "logsumexp",
-                               batch_size=batch_size, max_rows=max_rows)
+                               batch_size=batch_size, max_rows=max_rows, progress=progress)
 
 
-def monte_carlo_elbo(vae, x, y=None, *, idx=None, num_samples=1000, proposal=None,
-                     batch_size=1024, max_rows=None):
+def monte_carlo_elbo(vae, x, y=None, *, idx=None, num_samples=ELBO_SAMPLES, proposal=None,
+                     batch_size=1024, max_rows=None, progress=None):
     """The ELBO per example, E_q[log p(x, z) - log q(z | x)], averaged over ``num_samples``
     draws of z: the same log weights as :func:`log_likelihood`, averaged instead of
     log-sum-exp'ed. Arguments as there."""
     proposal = _proposal_or_guide(vae, proposal, idx)
     return _reduce_log_weights(vae, x, y, proposal, num_samples, "mean",
-                               batch_size=batch_size, max_rows=max_rows)
+                               batch_size=batch_size, max_rows=max_rows, progress=progress)
 
 
 @torch.no_grad()
-def _reduce_log_weights(vae, x, y, proposal, num_samples, how, *, batch_size, max_rows):
+def _reduce_log_weights(vae, x, y, proposal, num_samples, how, *, batch_size, max_rows,
+                        progress):
     if num_samples < 1:
         raise ConfigError(f"num_samples must be >= 1; got {num_samples}")
     rows = max_rows or MAX_ROWS.get(x.device.type, MAX_ROWS["cuda"])
@@ -234,6 +241,8 @@ def _reduce_log_weights(vae, x, y, proposal, num_samples, how, *, batch_size, ma
         total = None
         for start in range(0, num_samples, chunk):
             z = q.sample((min(chunk, num_samples - start),))
+            if progress:
+                progress(len(z) * len(xb))
             log_prior, log_lik = vae(xb, z, yb)
             log_weights = log_prior + log_lik - q.log_prob(z)
             if how == "logsumexp":
@@ -266,7 +275,7 @@ def active_units(vae, x, y=None, *, idx=None, threshold=0.01, batch_size=1024):
 
 
 def inference_gaps(vae, x, y=None, *, idx=None, log_px=None, num_samples=5000,
-                   elbo_samples=1000, steps=300, lr=0.05):
+                   elbo_samples=ELBO_SAMPLES, steps=300, lr=0.05, progress=None):
     """The inference gap log p(x) - ELBO(q) and its two parts (Cremer et al. 2018).
 
     - approximation gap = log p(x) - ELBO(q*): what the guide's family cannot express;
@@ -274,7 +283,8 @@ def inference_gaps(vae, x, y=None, *, idx=None, log_px=None, num_samples=5000,
       each point's parameters (q* from :func:`fit_optimal_posterior`).
 
     Both ELBOs are Monte Carlo averages over ``elbo_samples`` draws per point; log p(x) is
-    :func:`log_likelihood` with K = ``num_samples`` unless given (per point).
+    :func:`log_likelihood` with K = ``num_samples`` unless given (per point). ``progress``
+    hears of every chunk of samples and step of the q* fit, as in those functions.
 
     Returns
     -------
@@ -286,10 +296,11 @@ def inference_gaps(vae, x, y=None, *, idx=None, log_px=None, num_samples=5000,
         raise ConfigError("the inference gaps need a guide with a density; the delta guide's "
                           "objective is not an ELBO")
     if log_px is None:
-        log_px = log_likelihood(vae, x, y, idx=idx, num_samples=num_samples)
-    elbo = monte_carlo_elbo(vae, x, y, idx=idx, num_samples=elbo_samples)
-    q_star = fit_optimal_posterior(vae, x, y, idx=idx, steps=steps, lr=lr)
-    elbo_star = monte_carlo_elbo(vae, x, y, num_samples=elbo_samples, proposal=q_star)
+        log_px = log_likelihood(vae, x, y, idx=idx, num_samples=num_samples, progress=progress)
+    elbo = monte_carlo_elbo(vae, x, y, idx=idx, num_samples=elbo_samples, progress=progress)
+    q_star = fit_optimal_posterior(vae, x, y, idx=idx, steps=steps, lr=lr, progress=progress)
+    elbo_star = monte_carlo_elbo(vae, x, y, num_samples=elbo_samples, proposal=q_star,
+                                 progress=progress)
     means = {"log_px": log_px.mean(), "elbo": elbo.mean(), "elbo_star": elbo_star.mean()}
     means = {key: float(value) for key, value in means.items()}
     means["approximation_gap"] = means["log_px"] - means["elbo_star"]

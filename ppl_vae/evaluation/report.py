@@ -8,14 +8,18 @@ see :mod:`ppl_vae.evaluation.likelihood` for what each one is.
 
 import hashlib
 import math
+import sys
 import time
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
 from ppl_vae.data import binarize
 from ppl_vae.evaluation import tables
 from ppl_vae.evaluation.likelihood import (
+    ELBO_SAMPLES,
+    Q_STAR_SAMPLES,
     active_units,
     evaluate_elbo,
     fit_optimal_posterior,
@@ -48,7 +52,7 @@ COLUMNS = [
 
 @torch.no_grad()
 def evaluate_vae(vae, x, y=None, *, x_train=None, y_train=None, num_samples=5000,
-                 gap_points=500, gap_steps=300):
+                 gap_points=500, gap_steps=300, progress=False):
     """One results row for a trained VAE on held-out data ``x``.
 
     Parameters
@@ -65,6 +69,9 @@ def evaluate_vae(vae, x, y=None, *, x_train=None, y_train=None, num_samples=5000
         How many rows of ``x`` (and of ``x_train``) the inference gaps use.
     gap_steps : int
         Adam steps of the q* fit.
+    progress : bool
+        Show a progress bar on stderr over the samples of log p(x) and of the gaps' ELBOs
+        and the steps of the q* fits (counted in point-samples).
 
     Returns
     -------
@@ -76,35 +83,44 @@ def evaluate_vae(vae, x, y=None, *, x_train=None, y_train=None, num_samples=5000
     start = time.perf_counter()
     vae.eval()
     guide = vae.posterior
-    row = {f"test_{key}": value for key, value in evaluate_elbo(vae, x, y).items()}
-    proposal = None
-    if not guide.has_density:
-        proposal = fit_optimal_posterior(vae, x, y, steps=gap_steps)
-    log_px = log_likelihood(vae, x, y, num_samples=num_samples, proposal=proposal)
-    row["log_px"] = float(log_px.mean())
-    row["log_px_points"] = log_px.tolist()
-    row["log_px_se"] = float(log_px.std() / math.sqrt(len(log_px))) if len(log_px) > 1 else 0.0
-    row["num_samples"] = num_samples
-    row["active_units"] = f"{active_units(vae, x, y)[0]}/{vae.dims.latent_dim}"
-    if guide.has_density:
-        m = min(gap_points, len(x))
-        gaps = inference_gaps(vae, x[:m], _head(y, m), log_px=log_px[:m], steps=gap_steps)
-        row["approximation_gap"] = gaps["approximation_gap"]
-        row["amortization_gap"] = gaps["amortization_gap"]
-        if x_train is not None:
-            m = min(gap_points, len(x_train))
-            train = inference_gaps(vae, x_train[:m], _head(y_train, m),
-                                   idx=torch.arange(m, device=x_train.device),
-                                   num_samples=num_samples, steps=gap_steps)
-            row["amortization_gap_train"] = train["amortization_gap"]
+    m, m_train = min(gap_points, len(x)), 0 if x_train is None else min(gap_points, len(x_train))
+    bar = tqdm(total=_work(guide, len(x), m, m_train, num_samples, gap_steps),
+               desc="evaluating", unit="pt-sample", unit_scale=True, file=sys.stderr,
+               disable=not progress)
+    with bar:
+        row = {f"test_{key}": value for key, value in evaluate_elbo(vae, x, y).items()}
+        proposal = None
+        if not guide.has_density:
+            proposal = fit_optimal_posterior(vae, x, y, steps=gap_steps, progress=bar.update)
+        log_px = log_likelihood(vae, x, y, num_samples=num_samples, proposal=proposal,
+                                progress=bar.update)
+        row["log_px"] = float(log_px.mean())
+        row["log_px_points"] = log_px.tolist()
+        row["log_px_se"] = (float(log_px.std() / math.sqrt(len(log_px))) if len(log_px) > 1
+                            else 0.0)
+        row["num_samples"] = num_samples
+        row["active_units"] = f"{active_units(vae, x, y)[0]}/{vae.dims.latent_dim}"
+        if guide.has_density:
+            gaps = inference_gaps(vae, x[:m], _head(y, m), log_px=log_px[:m], steps=gap_steps,
+                                  progress=bar.update)
+            row["approximation_gap"] = gaps["approximation_gap"]
+            row["amortization_gap"] = gaps["amortization_gap"]
+            if x_train is not None:
+                train = inference_gaps(vae, x_train[:m_train], _head(y_train, m_train),
+                                       idx=torch.arange(m_train, device=x_train.device),
+                                       num_samples=num_samples, steps=gap_steps,
+                                       progress=bar.update)
+                row["amortization_gap_train"] = train["amortization_gap"]
     row["notes"] = guide.evaluation_note or ""
     row["eval_seconds"] = time.perf_counter() - start
     return row
 
 
-def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, device="auto"):
+def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, device="auto",
+                 progress=False):
     """Evaluate the checkpoint of a run folder; write ``eval.md``, ``eval.csv`` and
-    ``log_px.csv`` (log p(x) of each test point, in test-set order) into it.
+    ``log_px.csv`` (log p(x) of each test point, in test-set order) into it. ``progress``
+    shows a progress bar on stderr (see :func:`evaluate_vae`).
 
     The test set is the run's own (binarised with the run's fixed seed, as in its
     metrics); the training-set amortization gap uses the first ``gap_points`` training
@@ -136,7 +152,7 @@ def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, de
     row["train_seconds"] = sum(m["seconds"] for m in run.metrics)
     row.update(evaluate_vae(run.program, data.x_test, data.y_test, x_train=x_train,
                             y_train=y_train, num_samples=num_samples, gap_points=gap_points,
-                            gap_steps=gap_steps))
+                            gap_steps=gap_steps, progress=progress))
     row["test_set"] = hashlib.sha1(data.x_test.cpu().numpy().tobytes()).hexdigest()[:16]
     run_dir = Path(run_dir)
     paths = write_table([row], run_dir / "eval.md", run_dir / "eval.csv")
@@ -193,6 +209,17 @@ def markdown_table(rows):
 def write_table(rows, markdown_path, csv_path):
     """Write ``rows`` as a markdown table and as CSV (every column, full precision)."""
     return tables.write_table(rows, COLUMNS, markdown_path, csv_path)
+
+
+def _work(guide, n, m, m_train, num_samples, gap_steps):
+    """The point-samples :func:`evaluate_vae` scores: log p(x) of the ``n`` test points,
+    then two ELBOs and a q* fit for ``m`` test and ``m_train`` training points (and their
+    log p(x)), or a q* fit as the proposal of a guide without a density."""
+    q_star = gap_steps * Q_STAR_SAMPLES
+    if not guide.has_density:
+        return n * (num_samples + q_star)
+    gaps = (2 * ELBO_SAMPLES + q_star) * (m + m_train)
+    return n * num_samples + gaps + m_train * num_samples
 
 
 def _head(t, m):

@@ -12,6 +12,7 @@ import csv
 import fcntl
 import io
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -217,3 +218,15 @@ def _make_parent(path):
 
 def _unwritable(path, err):
     return ConfigError(f"cannot write to {path}: {err.strerror or err}; choose another --out")
+
+
+def run_name(name, changes=None):
+    """``name`` followed by what ``changes`` (``{"prior": "vamp", "lr": 0.003}``: what the
+    command line changed from the model file) sets, as in ``vae-prior=vamp-lr=0.003``."""
+    for key, value in (changes or {}).items():
+        if isinstance(value, list | tuple):
+            value = ",".join(map(str, value)) or "none"
+        # A data file is named by its file name; nothing in a name may start a sub-folder.
+        value = re.sub(r"[^\w.,+=-]", "_", Path(str(value)).name)
+        name = f"{name}-{key}={value}"
+    return name

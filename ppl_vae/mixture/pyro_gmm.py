@@ -517,12 +517,14 @@ class NUTSMixture(_MixtureScoring):
 
 
 def nuts_gmm(X, n_components, *, num_samples=500, warmup_steps=500, num_chains=1,
-             random_state=None, device="auto", progress=False, prior=None):
+             random_state=None, device="auto", progress=False, prior=None, max_tree_depth=10):
     """Sample the mixture's posterior with NUTS, the assignments enumerated out.
 
     A reference posterior for small data: each NUTS step sums the assignments of all N
     points over K components. Runs in the data's own units (NUTS adapts a diagonal mass
-    matrix), starting every chain at the k-means++ clustering.
+    matrix), starting every chain at the k-means++ clustering. ``max_tree_depth`` caps a
+    draw's trajectory at 2**depth - 1 leapfrog steps (Pyro's default: 10); a smoke test
+    lowers it, since a short warm-up leaves a small step size and the longest trajectories.
 
     Returns
     -------
@@ -541,7 +543,7 @@ def nuts_gmm(X, n_components, *, num_samples=500, warmup_steps=500, num_chains=1
         start = {"weights": start["weights"], "means": center + spread * start["means"],
                  **_sites_from_covariances(_covariances(start)
                                            * spread.unsqueeze(-1) * spread.unsqueeze(-2))}
-        kernel = NUTS(mixture_model, max_plate_nesting=1,
+        kernel = NUTS(mixture_model, max_plate_nesting=1, max_tree_depth=max_tree_depth,
                       init_strategy=init_to_value(values=start))
         mcmc = MCMC(kernel, num_samples=num_samples, warmup_steps=warmup_steps,
                     num_chains=num_chains, disable_progbar=not progress)

@@ -41,7 +41,7 @@ def local_elbo(log_joint, q, num_samples=1, beta=1.0):
     return (log_lik + beta * (log_prior - q.log_prob(z))).mean(0)
 
 
-def fit_local(vae, x, y, family, init, *, steps=300, lr=0.05, num_samples=4):
+def fit_local(vae, x, y, family, init, *, steps=300, lr=0.05, num_samples=4, progress=None):
     """Maximise every data point's ELBO over its local parameters with Adam.
 
     The learning rate decays linearly from ``lr`` to 0 over the steps, so that the result
@@ -62,6 +62,8 @@ def fit_local(vae, x, y, family, init, *, steps=300, lr=0.05, num_samples=4):
         The starting local parameters (e.g. the encoder's output).
     steps, lr, num_samples : int, float, int
         Adam steps, learning rate and Monte Carlo samples per step and point.
+    progress : callable, optional
+        Called after each step with the point-samples it scored, ``B * num_samples``.
 
     Returns
     -------
@@ -77,6 +79,8 @@ def fit_local(vae, x, y, family, init, *, steps=300, lr=0.05, num_samples=4):
             elbo = local_elbo(lambda z: vae(x, z, y), family(local), num_samples).sum()
             (local.grad,) = torch.autograd.grad(-elbo, local)
             optimizer.step()
+            if progress:
+                progress(len(x) * num_samples)
     return local.detach()
 
 
