@@ -12,7 +12,7 @@ from ppl_vae import __version__, commands
 from ppl_vae.commands import bench, compare, gmm
 from ppl_vae.config import DEFAULTS, load_config
 from ppl_vae.data.datasets import DATASETS
-from ppl_vae.inference.runs import new_run_dir
+from ppl_vae.inference.runs import claim_run_dir, run_name
 from ppl_vae.registry import TABLES
 
 
@@ -152,11 +152,15 @@ def test_run_folders_are_named_after_what_changed(tmp_path):
     # --epochs 200 is the model file's own value: not a change.
     assert changes == {"dataset": str(tmp_path / "my data.npz"), "prior": "vamp",
                        "hidden": [], "lr": 0.003}
-    first = new_run_dir(None, "vae", root=tmp_path, changes=changes)
-    assert first == tmp_path / "vae-dataset=my_data.npz-prior=vamp-hidden=none-lr=0.003"
-    first.mkdir()
-    assert new_run_dir(None, "vae", root=tmp_path, changes=changes).name == first.name + "-2"
-    assert new_run_dir(None, "vae", root=tmp_path) == tmp_path / "vae"
+    name = run_name("vae", changes)
+    assert name == "vae-dataset=my_data.npz-prior=vamp-hidden=none-lr=0.003"
+    with claim_run_dir(None, name, root=tmp_path) as first:
+        assert first == tmp_path / name
+        (first / "config.toml").write_text("")  # a run is there now
+        (first / "checkpoint.pt").write_text("")
+    with claim_run_dir(None, name, root=tmp_path) as second:
+        assert second.name == name + "-2"
+    assert run_name("vae") == "vae"
 
 
 def test_train_quick_then_eval_with_and_without_progress(tmp_path, monkeypatch, capsys):
