@@ -544,7 +544,8 @@ if len(recent) > 1:
 # should give test ELBOs that agree to about the epoch-to-epoch spread printed above.
 #
 # **Where the outputs go.** Without `--out`, a run writes to `runs/<model name>` in the current
-# folder (`runs/vae`, then `runs/vae-2`, `runs/vae-3`, ... if taken); `--out DIR` names a new or
+# folder, followed by the settings the command line changed (`runs/vae`,
+# `runs/vae-prior=vamp-lr=0.003`, with `-2`, `-3`, ... if taken); `--out DIR` names a new or
 # empty folder instead. The folder holds
 #
 # - `config.toml`: the resolved configuration, every setting written out;

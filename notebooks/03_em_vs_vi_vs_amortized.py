@@ -358,7 +358,7 @@ print("fit seconds: " + ", ".join(f"{r['method']} {r['seconds']:.1f}" for r in r
 #
 # ```bash
 # ppl-vae compare                        # digits, 4 principal components, every method
-# ppl-vae compare --data blobs           # the synthetic blobs of section 1
+# ppl-vae compare --dataset blobs        # the synthetic blobs of section 1
 # ppl-vae compare --methods em,cavi,nuts --nuts-draws 1000
 # ppl-vae compare --quick                # seconds: a smoke test
 # ```
