@@ -518,7 +518,8 @@ with tempfile.TemporaryDirectory() as workdir:
     print(result.stderr + result.stdout)
     if result.returncode != 0:
         raise RuntimeError(f"ppl-vae train failed with exit status {result.returncode}")
-    run_dir = Path(workdir, "runs", "vae")
+    # The one run folder: runs/vae followed by what the command line changed.
+    (run_dir,) = Path(workdir, "runs").iterdir()
     print("the run folder:")
     for path in sorted(run_dir.iterdir()):
         print(f"  {path.relative_to(workdir)}  ({path.stat().st_size:,} bytes)")
