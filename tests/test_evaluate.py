@@ -114,6 +114,19 @@ def test_one_sample_log_likelihood_is_the_elbo_in_expectation():
     assert abs(one.mean() - elbo) < 4 * one.std() / math.sqrt(500)
 
 
+def test_monte_carlo_elbo_over_many_chunks_is_the_closed_form_kl_elbo():
+    """K = 600 draws in chunks of 4 per point: the average must be over all K draws. The
+    reference is the ELBO with the closed-form KL (elbo_terms), averaged over 400 draws of
+    its reconstruction term; a wrong divisor (the chunk size) would be off by a factor 150."""
+    vae = fit(build_vae(DIMS, hidden=(16,)), binary_data(), steps=30)
+    x = binary_data(8, seed=7)
+    with torch.no_grad():
+        mc = monte_carlo_elbo(vae, x, num_samples=600, max_rows=4 * len(x))
+        exact = torch.stack([elbo_terms(vae, x)["elbo"] for _ in range(400)]).mean(0)
+    assert (mc - exact).abs().max() < 0.3, (mc, exact)
+    assert float(exact.mean()) < -1.0  # a real bound of 12 binary pixels, not ~0
+
+
 def test_chunking_over_samples_and_points_does_not_change_the_estimate():
     vae = fit(build_vae(DIMS, hidden=(16,)), binary_data(), steps=30)
     x = binary_data(25, seed=6)

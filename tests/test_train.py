@@ -298,3 +298,27 @@ def test_fused_adam_takes_the_steps_of_torchs_default_adam():
     assert fused == [True, None]  # on a CPU with float32 the fused kernel is taken
     for a, b in zip(*runs, strict=True):
         torch.testing.assert_close(a, b)
+
+
+
+def test_each_epoch_draws_its_own_shuffle_and_noise_and_ranks_share_only_the_shuffle(
+        tmp_path, monkeypatch):
+    """(seed, epoch) seeds the shuffle, the same on every process; (seed, epoch, rank) the
+    Monte Carlo draws."""
+    from ppl_vae import distributed
+
+    trainer = build(small_config(2), progress=False).trainer
+    n = trainer.data.x_train.shape[0]
+    draws = {}
+    for epoch in (0, 1):
+        for rank in (0, 1):
+            monkeypatch.setattr(distributed, "rank", lambda rank=rank: rank)
+            trainer.epoch = epoch
+            order = trainer._seed_epoch(n)
+            draws[epoch, rank] = (order, torch.rand(5))
+    assert not torch.equal(draws[0, 0][0], draws[1, 0][0])  # a new shuffle each epoch
+    assert not torch.equal(draws[0, 0][1], draws[1, 0][1])  # new noise each epoch
+    for epoch in (0, 1):
+        assert torch.equal(draws[epoch, 0][0], draws[epoch, 1][0])  # ranks: same shuffle
+        assert not torch.equal(draws[epoch, 0][1], draws[epoch, 1][1])  # own noise
+    assert sorted(draws[0, 0][0].tolist()) == list(range(n))  # a permutation
