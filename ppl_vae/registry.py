@@ -7,15 +7,18 @@ Adding a part is one class plus one line here; the parametrized tests in
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
 from ppl_vae.errors import ConfigError
+from ppl_vae.inference.cascade import CascadeBottleneck
 from ppl_vae.inference.objectives import IWAE
 from ppl_vae.inference.penalties import DIPVAE, DIPVAEII, FactorVAE, TotalCorrelation
-from ppl_vae.parts import corruptions, guides, likelihoods, nets, priors
+from ppl_vae.inference.sparsity import SparseActivation
+from ppl_vae.parts import cascade, corruptions, guides, likelihoods, nets, priors, sparse
 
 PRIORS = {
     "normal": priors.StandardNormal,
     "mog": priors.MixtureOfGaussians,
     "vamp": priors.VampPrior,
     "joint": priors.JointPrior,  # JointVAE: normal x relaxed one-hot categorical
+    "cascade": cascade.CascadePrior,  # CascadeVAE: normal x uniform one-hot categorical
 }
 
 GUIDES = {
@@ -27,6 +30,8 @@ GUIDES = {
     "per-datapoint": guides.PerDatapointNormal,
     "delta": guides.DeltaGuide,
     "joint": guides.AmortizedJoint,  # JointVAE: normal x relaxed one-hot categorical
+    "cascade": cascade.CascadeGuide,  # CascadeVAE: normal x a code found by assignment
+    "delta-sigmoid": sparse.SigmoidDeltaGuide,  # sparse autoencoder: codes in (0, 1)
 }
 
 LIKELIHOODS = {
@@ -63,6 +68,8 @@ OBJECTIVES = {
     "factorvae": FactorVAE,  # gamma x TC estimated by a discriminator trained alongside
     "dipvae-i": DIPVAE,  # Cov[mu(x)] towards I
     "dipvae-ii": DIPVAEII,  # Cov[z] of the aggregate posterior towards I
+    "cascade": CascadeBottleneck,  # CascadeVAE: KL weight per dimension, relaxed one by one
+    "sparse": SparseActivation,  # sparse autoencoder: KL(rho || mean activation) per unit
 }
 
 TABLES = {

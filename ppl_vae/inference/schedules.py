@@ -66,3 +66,47 @@ class KLSchedule:
         """The weights of ``count`` steps from ``first_step``, as one tensor on ``device``."""
         return torch.tensor([self(s) for s in range(first_step, first_step + count)],
                             device=device)
+
+
+class CascadeSchedule:
+    """CascadeVAE's schedule (Jeong & Song 2019): a KL weight per continuous dimension,
+    relaxed one dimension at a time, and the step from which the discrete code is inferred.
+
+    At step t (counting optimizer steps from 0) the first ``min(L, t // stage_steps)``
+    dimensions have weight ``beta_min`` and the others ``beta_max``: all start high, and
+    every ``stage_steps`` steps one more (in index order) drops. The discrete code is on
+    from step ``code_stage x stage_steps``, after the first ``code_stage`` stages.
+
+    Parameters
+    ----------
+    beta_max, beta_min : float
+        The weights before and after a dimension is relaxed (> 0).
+    stage_steps : int
+        P, the steps between two relaxations.
+    code_stage : int
+        Stages before the discrete code is switched on.
+    """
+
+    def __init__(self, *, beta_max=10.0, beta_min=1.0, stage_steps=400, code_stage=2):
+        if not beta_max >= beta_min > 0:
+            raise ConfigError(f"need beta_max >= beta_min > 0; got beta_max = {beta_max}, "
+                              f"beta_min = {beta_min}")
+        if not (int(stage_steps) == stage_steps >= 1 and int(code_stage) == code_stage >= 0):
+            raise ConfigError(f"stage_steps must be an integer >= 1 and code_stage one >= 0; "
+                              f"got {stage_steps} and {code_stage}")
+        self.beta_max, self.beta_min = float(beta_max), float(beta_min)
+        self.stage_steps, self.code_stage = int(stage_steps), int(code_stage)
+
+    def relaxed(self, step, num_dims):
+        """How many dimensions (the first ones) have weight beta_min at ``step``."""
+        return min(num_dims, step // self.stage_steps)
+
+    def betas(self, step, num_dims, device=None):
+        """The weight of each of ``num_dims`` dimensions at ``step``, a tensor (num_dims,)."""
+        betas = torch.full((num_dims,), self.beta_max, device=device)
+        betas[:self.relaxed(step, num_dims)] = self.beta_min
+        return betas
+
+    def code_on(self, step):
+        """Whether the discrete code is inferred at ``step``."""
+        return step >= self.code_stage * self.stage_steps
