@@ -5,7 +5,8 @@
     python scripts/disentangle.py --quick               # a few seconds: checks that it runs
 
 A variant is a model file: a name in models/ (``shapes_vae``, ``beta_vae``, ``beta_tcvae``,
-``factor_vae``, ``dip_vae``, ``joint_vae``, or any other) or a path to a TOML file. All
+``factor_vae``, ``dip_vae``, ``joint_vae``, ``cascade_vae``, or any other) or a path to a TOML
+file. All
 variants train on the same dSprites-like shapes (:mod:`ppl_vae.data.shapes`) with the same nets
 and budget: the flags replace each file's data, latent size, hidden widths, epochs, batch
 size, learning rate and seed, and keep what makes the variant (its parts, beta, objective
@@ -13,12 +14,14 @@ and weights).
 
 For each variant, on the test set: the Mutual Information Gap of the posterior means
 against the known factors, the FactorVAE score (fresh renders), the test ELBO with its
-reconstruction and KL terms, the total correlation of the aggregate posterior (exact
+reconstruction and KL terms, the accuracy of a discrete code (JointVAE's, CascadeVAE's)
+against the shape factor, the total correlation of the aggregate posterior (exact
 over the test set, where the guide is Gaussian) and the active units. The table goes to
 OUT/disentangle.md and OUT/disentangle.csv with the budget that made it; each variant's
 run folder OUT/<variant> holds its figures and OUT/<variant>/traversals.png, the decoded
 images as each code sweeps -2.5..2.5 from a test image's code (codes ordered by how much
-their posterior means vary over the test set; JointVAE's continuous codes only).
+their posterior means vary over the test set; JointVAE's and CascadeVAE's continuous codes
+only).
 """
 
 import argparse
@@ -41,18 +44,24 @@ from ppl_vae.config import load_config  # noqa: E402
 from ppl_vae.data import shapes  # noqa: E402
 from ppl_vae.errors import PplVaeError  # noqa: E402
 from ppl_vae.evaluation.aggregate import kl_decomposition  # noqa: E402
-from ppl_vae.evaluation.disentanglement import factor_vae_score, latent_traversals, mig  # noqa: E402
+from ppl_vae.evaluation.disentanglement import (  # noqa: E402
+    cluster_accuracy,
+    factor_vae_score,
+    latent_traversals,
+    mig,
+)
 from ppl_vae.evaluation.likelihood import active_units  # noqa: E402
 from ppl_vae.evaluation.tables import markdown_table  # noqa: E402
 
 DEFAULT_VARIANTS = ("shapes_vae", "beta_vae", "beta_tcvae", "factor_vae", "dip_vae",
-                    "joint_vae")
+                    "joint_vae", "cascade_vae")
 # (CSV column, markdown header, decimals)
 COLUMNS = [
     ("variant", "variant", None),
     ("what", "objective / parts", None),
     ("mig", "MIG", 3),
     ("factor_vae_score", "FactorVAE score", 3),
+    ("code_accuracy", "code acc. (shape)", 3),
     ("test_elbo", "test ELBO", 1),
     ("test_recon", "E_q log p(x|z)", 1),
     ("test_kl", "KL", 2),
@@ -134,10 +143,22 @@ def evaluate(trainer, factors_test, args, generator):
     count, _ = active_units(vae, x)
     return {"variant": trainer.config["name"], "what": describe(trainer.config),
             "mig": mig(codes.cpu(), factors_test), "factor_vae_score": score.score,
+            "code_accuracy": code_accuracy(vae, codes, factors_test),
             "test_elbo": last["test_elbo"], "test_recon": last["test_recon"],
             "test_kl": last["test_kl"], "tc": tc,
             "active_units": f"{count}/{codes.shape[1]}",
             "train_seconds": sum(row["seconds"] for row in trainer.metrics)}
+
+
+def code_accuracy(vae, codes, factors):
+    """The accuracy of a discrete code (the last ``num_categories`` codes: JointVAE's
+    category probabilities, CascadeVAE's one-hot code) against the shape factor, under the
+    best matching of categories to shapes; NaN for a variant without one."""
+    num_categories = getattr(vae.posterior, "num_categories", 0)
+    if not num_categories:
+        return math.nan
+    category = codes[:, -num_categories:].argmax(-1).cpu()
+    return cluster_accuracy(category, factors[:, list(shapes.FACTORS).index("shape")])
 
 
 def traversal_figure(trainer, path):

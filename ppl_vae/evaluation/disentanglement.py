@@ -29,6 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from scipy.optimize import linear_sum_assignment
 
 DEFAULT_BINS = 20
 COLLAPSED_STD = 0.05
@@ -338,6 +339,27 @@ def factor_vae_score(
     code, factor = _votes(*args, num_eval, batch_size, scale, active, generator)
     score = float((classifier[code] == factor).double().mean())
     return FactorVAEScore(score, train_accuracy, votes, active)
+
+
+def cluster_accuracy(codes: torch.Tensor, labels: torch.Tensor) -> float:
+    """Accuracy of discrete codes against labels under the best one-to-one matching of
+    code values to label values (the Hungarian algorithm on the contingency table, scipy's
+    ``linear_sum_assignment``); codes or labels left unmatched count as errors.
+
+    Parameters
+    ----------
+    codes, labels : LongTensor, shape (N,)
+        A discrete code per example (e.g. CascadeVAE's category) and its true factor.
+    """
+    if codes.shape != labels.shape or codes.ndim != 1 or len(codes) == 0:
+        raise ValueError(f"expected codes and labels of one shape (N,), N > 0; got "
+                         f"{tuple(codes.shape)} and {tuple(labels.shape)}")
+    code_index, num_codes = _relabel(codes)
+    label_index, num_labels = _relabel(labels)
+    table = torch.zeros(num_codes, num_labels, dtype=torch.int64)
+    table.index_put_((code_index, label_index), torch.ones_like(code_index), accumulate=True)
+    rows, columns = linear_sum_assignment(table.numpy(), maximize=True)
+    return float(table[rows, columns].sum()) / len(codes)
 
 
 # --- traversals -----------------------------------------------------------------------------
