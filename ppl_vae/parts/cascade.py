@@ -145,6 +145,9 @@ class CascadeGuide(AmortizedGuide):
     """
 
     latent_support = "real x one-hot"
+    # Half of q (the code) is found by optimisation through the decoder, not output by an
+    # encoder: no VampPrior (a mixture of encoder posteriors) can be built from it.
+    amortized = False
 
     def __init__(self, dims, make_net, *, num_categories=2, min_scale=1e-4):
         _check_sizes(dims, num_categories)
