@@ -12,6 +12,7 @@ from torch.nn.functional import binary_cross_entropy_with_logits, softplus
 
 from ppl_vae.build import make_objective
 from ppl_vae.errors import ConfigError
+from ppl_vae.evaluation.disentanglement import cluster_accuracy
 from ppl_vae.inference.schedules import CascadeSchedule
 from ppl_vae.parts.cascade import balanced_assignment
 from ppl_vae.vae import Dims, build_vae
@@ -147,3 +148,18 @@ def test_cascade_objective_refuses_a_beta_and_mismatched_parts():
     with pytest.raises(ConfigError, match="categories"):
         build_vae(DIMS, prior="cascade", guide="cascade", hidden=(16,),
                   prior_options={"num_categories": 2}, guide_options={"num_categories": 3})
+
+
+def test_cluster_accuracy_is_the_best_matching_of_codes_to_labels():
+    gen = torch.Generator().manual_seed(4)
+    labels = torch.randint(3, (40,), generator=gen)
+    codes = torch.where(torch.rand(40, generator=gen) < 0.7, (labels + 1) % 3,
+                        torch.randint(3, (40,), generator=gen)) * 10  # any code values
+    best = max(float((torch.tensor(perm)[codes // 10] == labels).double().mean())
+               for perm in itertools.permutations(range(3)))
+    assert cluster_accuracy(codes, labels) == pytest.approx(best)
+    assert cluster_accuracy(labels * 7 + 1, labels) == 1.0
+    # Four codes, three labels: the fourth code's points are errors.
+    assert cluster_accuracy(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 2])) == 0.75
+    with pytest.raises(ValueError, match="one shape"):
+        cluster_accuracy(codes, labels[:5])
