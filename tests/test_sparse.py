@@ -68,3 +68,19 @@ def test_sparse_objective_refuses_codes_outside_the_unit_interval_and_bad_rho():
         penalty.check(build_vae(DIMS, guide="delta", hidden=(8,)), x)
     with pytest.raises(ConfigError, match="0 < rho < 1"):
         make_objective("sparse", dims=DIMS, options={"rho": 1.5})
+
+
+def test_sweep_script_writes_the_table_and_the_figure(tmp_path):
+    import csv
+    import runpy
+    from pathlib import Path
+
+    script = runpy.run_path(str(Path(__file__).parents[1] / "scripts" / "sparse_sweep.py"),
+                            run_name="sparse_sweep")
+    out = tmp_path / "out"
+    assert script["main"](["--quick", "--rhos", "0.1", "--out", str(out)]) == 0
+    with open(out / "sparse_sweep.csv") as f:
+        (row,) = list(csv.DictReader(f))
+    assert row["rho"] == "0.1"
+    assert 0 < float(row["min_unit"]) <= float(row["mean_activation"]) <= float(row["max_unit"]) < 1
+    assert (out / "sparse_sweep.png").stat().st_size > 0
