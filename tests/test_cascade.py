@@ -163,3 +163,23 @@ def test_cluster_accuracy_is_the_best_matching_of_codes_to_labels():
     assert cluster_accuracy(torch.tensor([0, 1, 2, 3]), torch.tensor([0, 1, 2, 2])) == 0.75
     with pytest.raises(ValueError, match="one shape"):
         cluster_accuracy(codes, labels[:5])
+
+
+def test_a_resumed_run_continues_the_schedule_and_the_code_exactly(tmp_path):
+    from ppl_vae.build import build, resume
+    from ppl_vae.config import load_config
+
+    overrides = {"data.dataset": "digits", "data.options": {}, "data.binarize": "dynamic",
+                 "model.hidden": [16], "train.epochs": 2,
+                 "train.objective_options": {"stage_steps": 5, "code_stage": 2}}
+    whole = build(load_config("cascade_vae", overrides), tmp_path / "a", progress=False)
+    whole.run(figures=False)
+    half = build(load_config("cascade_vae", {**overrides, "train.epochs": 1}), tmp_path / "b",
+                 progress=False)
+    half.run(figures=False)  # 12 steps: the code went on at step 10
+    resumed = resume(tmp_path / "b", overrides={"train.epochs": 2}, progress=False)
+    assert bool(resumed.program.posterior.code_on) and int(resumed.trainer.auxiliary.step) == 12
+    resumed.run(figures=False)
+    for key, value in whole.program.state_dict().items():
+        assert torch.equal(value, resumed.program.state_dict()[key]), key
+    assert [row["relaxed_dims"] for row in whole.metrics] == [2, 4]  # 12 // 5, 24 // 5
