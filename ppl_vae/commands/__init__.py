@@ -230,6 +230,14 @@ def add_eval_arguments(parser):
                         help="test (and training) points for the inference gaps (default: 500)")
     parser.add_argument("--gap-steps", type=int, default=300,
                         help="Adam steps of the per-datapoint q* fit (default: 300)")
+    parser.add_argument("--estimator", choices=["is", "ais"], default="is",
+                        help="log p(x) by importance sampling with K = --num-samples, or by "
+                             "annealed importance sampling with HMC (default: is)")
+    parser.add_argument("--ais-steps", type=bounded_int(1), default=500,
+                        help="AIS: annealing steps from the guide to the posterior "
+                             "(default: 500)")
+    parser.add_argument("--ais-chains", type=bounded_int(1), default=16,
+                        help="AIS: chains per point (default: 16)")
     add_shared_arguments(parser)
 
 
@@ -239,9 +247,11 @@ def eval_command(args):
     from ppl_vae.evaluation.report import evaluate_run, markdown_table
 
     pyro.set_rng_seed(args.seed)
+    ais = (None if args.estimator == "is" else
+           {"num_steps": args.ais_steps, "num_chains": args.ais_chains})
     row, paths = evaluate_run(args.run_dir, num_samples=args.num_samples,
                               gap_points=args.gap_points, gap_steps=args.gap_steps,
-                              device=args.device, progress=not args.quiet)
+                              device=args.device, progress=not args.quiet, ais=ais)
     print(markdown_table([row]), end="")
     print(f"nats per example on the test set; written to {', '.join(map(str, paths))}",
           file=sys.stderr)
