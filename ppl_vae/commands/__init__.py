@@ -276,8 +276,15 @@ def bench_command(argv):
     return bench_main(argv, prog="ppl-vae bench")
 
 
+def impute_command(argv):
+    from ppl_vae.commands.impute import main as impute_main
+
+    return impute_main(argv)
+
+
 # Commands with their own parser: ``ppl-vae NAME ...`` hands them the rest of the line.
-OWN_PARSERS = {"gmm": gmm_command, "compare": compare_command, "bench": bench_command}
+OWN_PARSERS = {"gmm": gmm_command, "compare": compare_command, "bench": bench_command,
+               "impute": impute_command}
 
 
 def build_parser():
@@ -300,6 +307,9 @@ def build_parser():
     commands.add_parser("bench", add_help=False,
                         help="benchmarks against plain PyTorch, Pyro and scikit-learn: "
                              "svi, eval, parts, gmm, gmm-memory, all")
+    commands.add_parser("impute", add_help=False,
+                        help="fill in missing test entries of a trained run: the VAE's "
+                             "imputers against mean and k-NN imputation")
     return parser
 
 
