@@ -135,14 +135,26 @@ for name, sd in sds.items():
 
 # %% [markdown]
 # The maximum-likelihood weights are large and of alternating sign (the polynomial bends to
-# pass near every point); the prior pulls the MAP weights towards zero, and the MAP point is
-# the posterior mean, since the posterior is Gaussian. SVI with `AutoDelta` finds the closed-form
-# points, NUTS the posterior's mean and spread. Mean-field VI gets the mean right but its
-# standard deviations are those of the mean-field optimum, $1/\sqrt{\Lambda_{jj}}$, far below the
-# posterior's: the weights of a polynomial are strongly correlated, and a factorised $q$ that
-# minimises $\mathrm{KL}(q \,\|\, p)$ fits inside the narrow direction of the correlated
-# posterior (Bishop, PRML 10.1.2).
-#
+# pass near every point). SVI with `AutoDelta` and a flat prior stops far from them, yet at
+# almost the same training log-likelihood: the likelihood is nearly flat along those directions
+# (the high powers of $x$ are almost collinear on the data), so the MLE itself is barely
+# determined by the data. The prior removes that freedom: the MAP weights are small, SVI finds
+# them, and they equal the posterior mean, since the posterior is Gaussian. NUTS recovers the
+# posterior's mean and spread. Mean-field VI gets the mean right, but its standard deviations
+# are those of the mean-field optimum, $1/\sqrt{\Lambda_{jj}}$, below the posterior's (half of it
+# for $w_1$): the weights of a polynomial are correlated, and a factorised $q$ that minimises
+# $\mathrm{KL}(q \,\|\, p)$ fits inside the narrow direction of the posterior (Bishop, PRML
+# 10.1.2).
+
+# %%
+def train_log_lik(w):
+    return float(torch.distributions.Normal(features @ w, NOISE_STD).log_prob(y).sum())
+
+
+print(f"training log-likelihood: closed-form MLE {train_log_lik(w_ml):.3f}, "
+      f"AutoDelta with a flat prior {train_log_lik(svi_ml):.3f}, MAP {train_log_lik(w_map):.3f}")
+
+# %% [markdown]
 # ## The predictive bands, and what a point estimate loses
 
 # %%
@@ -195,10 +207,11 @@ for name, (loc, std) in test_bands.items():
 # **What a point estimate loses.** MLE and MAP predict with the noise alone: the same band
 # everywhere, as sure of themselves at $x = 1$, where no data were seen, as among the data.
 # Where the polynomial extrapolates, their errors are many noise standard deviations and the
-# held-out log-likelihood collapses; the posterior's band widens there instead (its predictive
-# variance $\phi_*^\top S_N \phi_*$ grows away from the data), so its log-likelihood degrades
-# gracefully. Inside the data the MAP point and the posterior predict alike: the prior, not the
-# distribution, does most of the work there. Mean-field VI keeps the posterior's mean but loses
-# most of its spread, and with it much of what the distribution was for. This is the thread of the
-# notes: EM and the VAE fit point estimates of $\theta$, and treat only the latent $z$ as
-# uncertain (notebooks 01 and 03).
+# held-out log-likelihood collapses (the MLE's by thousands of nats, the MAP's by tens); the
+# posterior's band widens there instead (its predictive variance $\phi_*^\top S_N \phi_*$ grows
+# away from the data), so its log-likelihood degrades gracefully. Even inside the data's range
+# the MAP point, which *is* the posterior mean, scores worse than the posterior: between
+# sparse points the weights' uncertainty is not negligible beside the noise. Mean-field VI,
+# with the right mean and too little spread, sits in between, close to the posterior here. This
+# is the thread of the notes: EM and the VAE fit point estimates of $\theta$, and treat only
+# the latent $z$ as uncertain (notebooks 01 and 03).
