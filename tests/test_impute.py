@@ -172,3 +172,28 @@ def test_impute_command_refuses_bad_masks(trained_run, tmp_path, capsys):
     assert cli_main(["impute", str(trained_run), "--missing-rate", "1.5"]) == 2
     assert "strictly between 0 and 1" in capsys.readouterr().err
     assert cli_main(["impute", str(trained_run)]) == 2
+
+
+def test_training_with_missing_entries_scores_the_observed_ones_only():
+    from pyro import poutine
+
+    vae = build_vae(Dims(D, L, num_data=4), hidden=(8,), likelihood="gaussian-isotropic")
+    x = torch.randn(4, D)
+    observed = random_mask((4, D), 0.5, seed=3)
+    vae.set_missing(observed)
+    idx = torch.tensor([2, 0])
+    guide = poutine.trace(vae.guide).get_trace(x[idx], idx=idx)
+    model = poutine.trace(poutine.replay(vae.model, trace=guide)).get_trace(x[idx], idx=idx)
+    site = model.nodes["x"]
+    with torch.no_grad():
+        decoded = vae.decode(guide.nodes["z"]["value"])
+        per_entry = decoded.base_dist.log_prob(x[idx])
+        expected = (per_entry * observed[idx]).sum(-1)
+        # The guide saw the missing entries as zeros.
+        zero_filled = torch.where(observed[idx], x[idx], torch.zeros_like(x[idx]))
+        torch.testing.assert_close(guide.nodes["z"]["fn"].mean, vae.encode(zero_filled).mean)
+    torch.testing.assert_close(site["fn"].log_prob(x[idx]), expected)
+    # Without idx (held-out data) every entry counts.
+    full = poutine.trace(vae.model).get_trace(x)
+    torch.testing.assert_close(full.nodes["x"]["fn"].log_prob(x),
+                               vae.decode(full.nodes["z"]["value"]).log_prob(x))

@@ -31,6 +31,7 @@ TRAIN_OVERRIDES = {
     "data_dir": "data.data_dir",
     "download": "data.download",
     "binarize": "data.binarize",
+    "missing_rate": "data.missing_rate",
     "prior": "model.prior",
     "guide": "model.guide",
     "likelihood": "model.likelihood",
@@ -107,6 +108,10 @@ def add_train_arguments(parser):
     data.add_argument("--binarize", choices=list(BINARIZATIONS),
                       help=_help("binarize", "binarisation of [0, 1] data for Bernoulli-type "
                                              "likelihoods"))
+    data.add_argument("--missing-rate", type=float, metavar="R",
+                      help=_help("missing_rate", "train with this share of the training "
+                                                 "entries missing at random: the likelihood "
+                                                 "scores the observed ones only"))
     parts = parser.add_argument_group("model parts (names from ppl_vae.registry)")
     for kind in ("prior", "guide", "likelihood", "encoder", "decoder"):
         parts.add_argument(f"--{kind}", help=_part_help(kind))

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from torch.distributions import Bernoulli, Independent
 
+from ppl_vae.data.masks import lower_half_mask, random_mask  # noqa: F401 (re-exported)
 from ppl_vae.errors import ConfigError, DataError
 
 METHODS = ("single", "pseudo-gibbs", "mwg")
@@ -56,21 +57,6 @@ class Imputation:
     log_lik: torch.Tensor | None = None
     acceptance: float | None = None
     samples: torch.Tensor | None = None
-
-
-def random_mask(shape, rate, *, seed=0):
-    """``observed`` mask with each entry missing independently with probability ``rate``."""
-    if not 0 < rate < 1:
-        raise ConfigError(f"the missing rate must lie strictly between 0 and 1; got {rate}")
-    g = torch.Generator().manual_seed(seed)
-    return torch.rand(shape, generator=g) >= rate
-
-
-def lower_half_mask(num_points, image_shape):
-    """``observed`` mask with the lower half of every image (rows H//2 and below) missing."""
-    height, width = image_shape
-    rows = torch.arange(height).unsqueeze(-1).expand(height, width)
-    return (rows < height // 2).reshape(1, -1).expand(num_points, -1).clone()
 
 
 def check_mask(observed, x):
