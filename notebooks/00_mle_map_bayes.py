@@ -76,6 +76,7 @@ from ppl_vae.linear import (
 plt.rcParams.update({"figure.dpi": 72})
 pyro.set_rng_seed(0)
 torch.set_default_dtype(torch.float64)
+print(f"torch {torch.__version__}, pyro {pyro.__version__}")
 
 # %% [markdown]
 # ## The data and the Pyro program
