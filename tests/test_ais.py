@@ -1,6 +1,9 @@
 """Annealed importance sampling against the closed-form PPCA marginal, against importance
 sampling (one step of AIS is importance sampling), and its errors."""
 
+import csv
+
+import numpy as np
 import pyro
 import pytest
 import torch
@@ -78,3 +81,23 @@ def test_bad_settings_are_one_line_errors():
                             likelihood="gaussian-isotropic")
     with pytest.raises(ConfigError, match="start='prior'"):
         ais_log_likelihood(autoencoder, x)
+
+
+def test_eval_command_with_ais_writes_its_own_files(tmp_path, capsys):
+    from ppl_vae.commands import main as cli_main
+
+    run_dir = tmp_path / "vae"
+    assert cli_main(["train", "--epochs", "1", "--hidden", "16", "--latent-dim", "2",
+                     "--quiet", "--no-jit", "--out", str(run_dir)]) == 0
+    assert cli_main(["eval", str(run_dir), "--estimator", "ais", "--ais-steps", "5",
+                     "--ais-chains", "2", "--gap-points", "2", "--gap-steps", "2",
+                     "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "| AIS 2x5 |" in out and "log p(x) by AIS from the guide: 2 chains, 5 steps" in out
+    assert not (run_dir / "eval.md").exists()  # the importance-sampling files are not touched
+    points = np.loadtxt(run_dir / "log_px_ais.csv", skiprows=1)
+    with open(run_dir / "eval_ais.csv", newline="") as f:
+        (row,) = list(csv.DictReader(f))
+    assert float(row["log_px"]) == pytest.approx(points.mean(), rel=1e-6)
+    assert cli_main(["eval", str(run_dir), "--estimator", "hmc"]) == 2
+    assert "invalid choice: 'hmc'" in capsys.readouterr().err
