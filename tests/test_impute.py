@@ -197,3 +197,11 @@ def test_training_with_missing_entries_scores_the_observed_ones_only():
     full = poutine.trace(vae.model).get_trace(x)
     torch.testing.assert_close(full.nodes["x"]["fn"].log_prob(x),
                                vae.decode(full.nodes["z"]["value"]).log_prob(x))
+
+
+def test_missing_rate_setting_is_checked():
+    from ppl_vae.config import load_config
+
+    assert load_config(None, {"data.missing_rate": 0.5})["data"]["missing_rate"] == 0.5
+    with pytest.raises(ConfigError, match="missing_rate"):
+        load_config(None, {"data.missing_rate": 1.0})
