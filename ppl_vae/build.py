@@ -25,6 +25,7 @@ from ppl_vae.data import (
     check_data,
     load_dataset,
 )
+from ppl_vae.data.masks import random_mask
 from ppl_vae.device import free_memory, resolve_device
 from ppl_vae.errors import CheckpointError, ConfigError, DataError
 from ppl_vae.evaluation.likelihood import evaluate_elbo
@@ -170,6 +171,16 @@ def load_run(run_dir, *, device="auto"):
     return experiment
 
 
+def _hide_entries(program, x_train, rate, seed):
+    """Train with a share ``rate`` of the training entries missing (a fixed mask, seeded)."""
+    if not rate:
+        return
+    if not hasattr(program, "set_missing"):
+        raise ConfigError(f"{type(program).__name__} cannot train with missing entries "
+                          "(it has no set_missing); set data.missing_rate = 0")
+    program.set_missing(random_mask(x_train.shape, rate, seed=seed + 3, device=x_train.device))
+
+
 def _build(config, run_dir, *, progress, state):
     data_cfg, model_cfg, train_cfg = config["data"], config["model"], config["train"]
     device = distributed.init_from_environment(resolve_device(train_cfg["device"]))
@@ -193,6 +204,7 @@ def _build(config, run_dir, *, progress, state):
                                  else "none"]
     data = prepare_data(dataset, binarization, conditional=program.conditional,
                         device=device, seed=train_cfg["seed"])
+    _hide_entries(program, data.x_train, data_cfg["missing_rate"], train_cfg["seed"])
     schedule = KLSchedule(train_cfg["kl_schedule"], beta=model_cfg["beta"],
                           steps_per_epoch=-(-data.x_train.shape[0] // train_cfg["batch_size"]),
                           warmup_epochs=train_cfg["kl_warmup_epochs"],

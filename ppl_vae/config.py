@@ -27,6 +27,7 @@ DEFAULTS = {
         "binarize": "dynamic",  # dynamic | static | none (Bernoulli likelihoods only)
         "test_fraction": 0.2,
         "options": {},  # keyword options of a built-in loader: shapes' num_data, image_size
+        "missing_rate": 0.0,  # train with this share of training entries hidden (at random)
     },
     "model": {
         "latent_dim": 8,
@@ -74,6 +75,7 @@ SEED_MAX = 2**32 - 1
 # upper]); a list's bounds apply to each of its entries.
 BOUNDS = {
     ("data", "test_fraction"): (">", 0.0, "<", 1.0),
+    ("data", "missing_rate"): (">=", 0.0, "<", 1.0),
     ("model", "latent_dim"): (">=", 1),
     ("model", "hidden"): (">=", 1),
     ("model", "beta"): (">", 0.0),  # poutine.scale needs a positive scale

@@ -90,6 +90,8 @@ class VAE(nn.Module):
         self.decoder = decoder
         self.beta = beta
         self.corruption = corruption if corruption is not None else nn.Identity()
+        # Training with missing entries: the training set's mask, see set_missing.
+        self.register_buffer("observed", None)
         # Pyro's param store is global: two VAEs under one name would share (and silently
         # train) the first one's tensors under SVI. Each instance gets its own name.
         self.name = f"vae{next(_instances)}"
@@ -126,21 +128,42 @@ class VAE(nn.Module):
             with poutine.scale(scale=self.beta if beta is None else beta):
                 z = pyro.sample("z", self.prior().expand(x.shape[:-1]))
             out = self.decoder(self._condition(z, y))
-            pyro.sample("x", self.likelihood(out), obs=x)
+            pyro.sample("x", self._masked(self.likelihood(out), idx), obs=x)
         return out
 
     def guide(self, x, y=None, idx=None, beta=None):
         """q(z | x) (q(z | x, y) for a conditional VAE); arguments as for :meth:`model`.
 
         While training, the encoder sees ``self.corruption(x)`` (the identity unless the
-        VAE is a denoising one); the model always scores the clean x.
+        VAE is a denoising one); the model always scores the clean x. With missing entries
+        (:meth:`set_missing`) it sees them as zeros.
         """
         pyro.module(self.name, self)
+        observed = self._observed_rows(idx)
+        if observed is not None:
+            x = torch.where(observed, x, torch.zeros_like(x))
         with self._data_plate(x, idx):
             with poutine.scale(scale=self.beta if beta is None else beta):
                 inputs = self._condition(self.corruption(x), y)
                 z = pyro.sample("z", self.posterior(inputs, idx))
         return z
+
+    def set_missing(self, observed):
+        """Train with missing entries: ``observed`` (N, D), True where an entry of the
+        training set was seen. The model's likelihood of a training minibatch (given by its
+        ``idx``) then scores the observed entries only, masked as ``poutine.mask`` masks a
+        site (here per entry, inside the likelihood's event), and the guide sees the
+        missing ones as zeros. Calls without ``idx`` (held-out data) score every entry."""
+        self.observed = observed.to(torch.bool)
+
+    def _observed_rows(self, idx):
+        return None if self.observed is None or idx is None else self.observed[idx]
+
+    def _masked(self, likelihood, idx):
+        observed = self._observed_rows(idx)
+        if observed is None:
+            return likelihood
+        return likelihood.base_dist.mask(observed).to_event(1)
 
     def forward(self, x, z, y=None):
         """The model's log densities at z, without Pyro: ``(log p(z), log p(x | z))``.

@@ -31,6 +31,7 @@ TRAIN_OVERRIDES = {
     "data_dir": "data.data_dir",
     "download": "data.download",
     "binarize": "data.binarize",
+    "missing_rate": "data.missing_rate",
     "prior": "model.prior",
     "guide": "model.guide",
     "likelihood": "model.likelihood",
@@ -107,6 +108,10 @@ def add_train_arguments(parser):
     data.add_argument("--binarize", choices=list(BINARIZATIONS),
                       help=_help("binarize", "binarisation of [0, 1] data for Bernoulli-type "
                                              "likelihoods"))
+    data.add_argument("--missing-rate", type=float, metavar="R",
+                      help=_help("missing_rate", "train with this share of the training "
+                                                 "entries missing at random: the likelihood "
+                                                 "scores the observed ones only"))
     parts = parser.add_argument_group("model parts (names from ppl_vae.registry)")
     for kind in ("prior", "guide", "likelihood", "encoder", "decoder"):
         parts.add_argument(f"--{kind}", help=_part_help(kind))
@@ -230,6 +235,14 @@ def add_eval_arguments(parser):
                         help="test (and training) points for the inference gaps (default: 500)")
     parser.add_argument("--gap-steps", type=int, default=300,
                         help="Adam steps of the per-datapoint q* fit (default: 300)")
+    parser.add_argument("--estimator", choices=["is", "ais"], default="is",
+                        help="log p(x) by importance sampling with K = --num-samples, or by "
+                             "annealed importance sampling with HMC (default: is)")
+    parser.add_argument("--ais-steps", type=bounded_int(1), default=500,
+                        help="AIS: annealing steps from the guide to the posterior "
+                             "(default: 500)")
+    parser.add_argument("--ais-chains", type=bounded_int(1), default=16,
+                        help="AIS: chains per point (default: 16)")
     add_shared_arguments(parser)
 
 
@@ -239,9 +252,11 @@ def eval_command(args):
     from ppl_vae.evaluation.report import evaluate_run, markdown_table
 
     pyro.set_rng_seed(args.seed)
+    ais = (None if args.estimator == "is" else
+           {"num_steps": args.ais_steps, "num_chains": args.ais_chains})
     row, paths = evaluate_run(args.run_dir, num_samples=args.num_samples,
                               gap_points=args.gap_points, gap_steps=args.gap_steps,
-                              device=args.device, progress=not args.quiet)
+                              device=args.device, progress=not args.quiet, ais=ais)
     print(markdown_table([row]), end="")
     print(f"nats per example on the test set; written to {', '.join(map(str, paths))}",
           file=sys.stderr)
@@ -266,8 +281,15 @@ def bench_command(argv):
     return bench_main(argv, prog="ppl-vae bench")
 
 
+def impute_command(argv):
+    from ppl_vae.commands.impute import main as impute_main
+
+    return impute_main(argv)
+
+
 # Commands with their own parser: ``ppl-vae NAME ...`` hands them the rest of the line.
-OWN_PARSERS = {"gmm": gmm_command, "compare": compare_command, "bench": bench_command}
+OWN_PARSERS = {"gmm": gmm_command, "compare": compare_command, "bench": bench_command,
+               "impute": impute_command}
 
 
 def build_parser():
@@ -290,6 +312,9 @@ def build_parser():
     commands.add_parser("bench", add_help=False,
                         help="benchmarks against plain PyTorch, Pyro and scikit-learn: "
                              "svi, eval, parts, gmm, gmm-memory, all")
+    commands.add_parser("impute", add_help=False,
+                        help="fill in missing test entries of a trained run: the VAE's "
+                             "imputers against mean and k-NN imputation")
     return parser
 
 

@@ -52,7 +52,7 @@ COLUMNS = [
 
 @torch.no_grad()
 def evaluate_vae(vae, x, y=None, *, x_train=None, y_train=None, num_samples=5000,
-                 gap_points=500, gap_steps=300, progress=False):
+                 gap_points=500, gap_steps=300, progress=False, ais=None):
     """One results row for a trained VAE on held-out data ``x``.
 
     Parameters
@@ -72,6 +72,10 @@ def evaluate_vae(vae, x, y=None, *, x_train=None, y_train=None, num_samples=5000
     progress : bool
         Show a progress bar on stderr over the samples of log p(x) and of the gaps' ELBOs
         and the steps of the q* fits (counted in point-samples).
+    ais : dict, optional
+        Estimate log p(x) by annealed importance sampling instead, with these keyword
+        options of :func:`ppl_vae.evaluation.ais.ais_log_likelihood` (``num_steps``,
+        ``num_chains``, ...); the gaps then use the AIS estimate as log p(x).
 
     Returns
     -------
@@ -84,21 +88,27 @@ def evaluate_vae(vae, x, y=None, *, x_train=None, y_train=None, num_samples=5000
     vae.eval()
     guide = vae.posterior
     m, m_train = min(gap_points, len(x)), 0 if x_train is None else min(gap_points, len(x_train))
-    bar = tqdm(total=_work(guide, len(x), m, m_train, num_samples, gap_steps),
+    if ais is not None:
+        ais = _ais_options(vae, ais)
+    per_point = num_samples if ais is None else ais["num_chains"] * ais["num_steps"]
+    bar = tqdm(total=_work(guide, len(x), m, m_train, per_point, gap_steps),
                desc="evaluating", unit="pt-sample", unit_scale=True, file=sys.stderr,
                disable=not progress)
     with bar:
         row = {f"test_{key}": value for key, value in evaluate_elbo(vae, x, y).items()}
         proposal = None
-        if not guide.has_density:
+        if not guide.has_density and ais is None:
             proposal = fit_optimal_posterior(vae, x, y, steps=gap_steps, progress=bar.update)
-        log_px = log_likelihood(vae, x, y, num_samples=num_samples, proposal=proposal,
-                                progress=bar.update)
+        if ais is None:
+            log_px = log_likelihood(vae, x, y, num_samples=num_samples, proposal=proposal,
+                                    progress=bar.update)
+        else:
+            log_px = _ais_log_px(vae, x, y, ais, row, progress=bar.update)
         row["log_px"] = float(log_px.mean())
         row["log_px_points"] = log_px.tolist()
         row["log_px_se"] = (float(log_px.std() / math.sqrt(len(log_px))) if len(log_px) > 1
                             else 0.0)
-        row["num_samples"] = num_samples
+        row.setdefault("num_samples", num_samples)
         row["active_units"] = f"{active_units(vae, x, y)[0]}/{vae.dims.latent_dim}"
         if guide.has_density:
             gaps = inference_gaps(vae, x[:m], _head(y, m), log_px=log_px[:m], steps=gap_steps,
@@ -111,16 +121,18 @@ def evaluate_vae(vae, x, y=None, *, x_train=None, y_train=None, num_samples=5000
                                        num_samples=num_samples, steps=gap_steps,
                                        progress=bar.update)
                 row["amortization_gap_train"] = train["amortization_gap"]
-    row["notes"] = guide.evaluation_note or ""
+    row["notes"] = "; ".join(filter(None, [guide.evaluation_note, row.pop("ais_note", None)]))
     row["eval_seconds"] = time.perf_counter() - start
     return row
 
 
 def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, device="auto",
-                 progress=False):
+                 progress=False, ais=None):
     """Evaluate the checkpoint of a run folder; write ``eval.md``, ``eval.csv`` and
     ``log_px.csv`` (log p(x) of each test point, in test-set order) into it. ``progress``
-    shows a progress bar on stderr (see :func:`evaluate_vae`).
+    shows a progress bar on stderr, ``ais`` chooses AIS for log p(x) (see
+    :func:`evaluate_vae`); its files are then ``eval_ais.md``, ``eval_ais.csv`` and
+    ``log_px_ais.csv``.
 
     The test set is the run's own (binarised with the run's fixed seed, as in its
     metrics); the training-set amortization gap uses the first ``gap_points`` training
@@ -152,13 +164,13 @@ def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, de
     row["train_seconds"] = sum(m["seconds"] for m in run.metrics)
     row.update(evaluate_vae(run.program, data.x_test, data.y_test, x_train=x_train,
                             y_train=y_train, num_samples=num_samples, gap_points=gap_points,
-                            gap_steps=gap_steps, progress=progress))
+                            gap_steps=gap_steps, progress=progress, ais=ais))
     row["test_set"] = hashlib.sha1(data.x_test.cpu().numpy().tobytes()).hexdigest()[:16]
-    run_dir = Path(run_dir)
-    paths = write_table([row], run_dir / "eval.md", run_dir / "eval.csv")
-    with open(run_dir / "log_px.csv", "w", newline="") as f:
+    run_dir, suffix = Path(run_dir), "" if ais is None else "_ais"
+    paths = write_table([row], run_dir / f"eval{suffix}.md", run_dir / f"eval{suffix}.csv")
+    with open(run_dir / f"log_px{suffix}.csv", "w", newline="") as f:
         f.write("log_px\n" + "".join(f"{value!r}\n" for value in row["log_px_points"]))
-    return row, [*paths, run_dir / "log_px.csv"]
+    return row, [*paths, run_dir / f"log_px{suffix}.csv"]
 
 
 def paired_differences(rows, reference):
@@ -220,6 +232,28 @@ def _work(guide, n, m, m_train, num_samples, gap_steps):
         return n * (num_samples + q_star)
     gaps = (2 * ELBO_SAMPLES + q_star) * (m + m_train)
     return n * num_samples + gaps + m_train * num_samples
+
+
+def _ais_options(vae, options):
+    """AIS's options with its defaults filled in; a guide without a density starts AIS
+    from the prior."""
+    from ppl_vae.evaluation import ais
+
+    start = "guide" if vae.posterior.has_density else "prior"
+    return {"num_steps": ais.NUM_STEPS, "num_chains": ais.NUM_CHAINS, "start": start,
+            **options}
+
+
+def _ais_log_px(vae, x, y, options, row, progress):
+    """log p(x) by AIS (:mod:`ppl_vae.evaluation.ais`); the K column and a note say how."""
+    from ppl_vae.evaluation.ais import ais_log_likelihood
+
+    result = ais_log_likelihood(vae, x, y, progress=progress, **options)
+    chains, steps = options["num_chains"], options["num_steps"]
+    row["num_samples"] = f"AIS {chains}x{steps}"
+    row["ais_note"] = (f"log p(x) by AIS from the {options['start']}: {chains} chains, "
+                       f"{steps} steps, HMC acceptance {result.acceptance:.2f}")
+    return result.log_px
 
 
 def _head(t, m):
