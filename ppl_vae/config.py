@@ -29,6 +29,10 @@ DEFAULTS = {
         "options": {},  # keyword options of a built-in loader: shapes' num_data, image_size
     },
     "model": {
+        # A program of your own (path.py:Class or package.module:Class) in place of the
+        # built-in VAE and its parts; "" is the VAE. Built as Class(dims, **program_options).
+        "program": "",
+        "program_options": {},
         "latent_dim": 8,
         "prior": "normal",
         "guide": "diagonal",

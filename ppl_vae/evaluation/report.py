@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ppl_vae.data import binarize
 from ppl_vae.evaluation import tables
+from ppl_vae.evaluation.generic import evaluate_program
 from ppl_vae.evaluation.likelihood import (
     ELBO_SAMPLES,
     Q_STAR_SAMPLES,
@@ -26,6 +27,8 @@ from ppl_vae.evaluation.likelihood import (
     inference_gaps,
     log_likelihood,
 )
+from ppl_vae.registry import label
+from ppl_vae.vae import VAE
 
 # (CSV column, markdown header, decimals); None decimals: written as is.
 COLUMNS = [
@@ -150,9 +153,15 @@ def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, de
     y_train = None if data.y_train is None else data.y_train[:gap_points]
     row = run_description(run.config)
     row["train_seconds"] = sum(m["seconds"] for m in run.metrics)
-    row.update(evaluate_vae(run.program, data.x_test, data.y_test, x_train=x_train,
-                            y_train=y_train, num_samples=num_samples, gap_points=gap_points,
-                            gap_steps=gap_steps, progress=progress))
+    if isinstance(run.program, VAE):
+        row.update(evaluate_vae(run.program, data.x_test, data.y_test, x_train=x_train,
+                                y_train=y_train, num_samples=num_samples,
+                                gap_points=gap_points, gap_steps=gap_steps, progress=progress))
+    else:  # a program of your own: the generic path (ELBO and log p(x) only)
+        with tqdm(total=len(data.x_test) * num_samples, desc="evaluating", unit="pt-sample",
+                  unit_scale=True, file=sys.stderr, disable=not progress) as bar:
+            row.update(evaluate_program(run.program, data.x_test, data.y_test,
+                                        num_samples=num_samples, progress=bar.update))
     row["test_set"] = hashlib.sha1(data.x_test.cpu().numpy().tobytes()).hexdigest()[:16]
     run_dir = Path(run_dir)
     paths = write_table([row], run_dir / "eval.md", run_dir / "eval.csv")
@@ -194,11 +203,15 @@ def paired_table(differences, reference):
 def run_description(config):
     """The columns that name a run's model: name, parts and objective (with K for IWAE)."""
     model, train = config["model"], config["train"]
-    objective = train["objective"]
+    objective = label(train["objective"])
     if train["num_particles"] > 1:
         objective += f" (K={train['num_particles']})"
-    return {"model": config["name"], "prior": model["prior"], "guide": model["guide"],
-            "likelihood": model["likelihood"], "objective": objective}
+    if model.get("program"):
+        return {"model": config["name"], "prior": "", "guide": "", "likelihood": "",
+                "objective": objective, "notes": f"program {label(model['program'])}"}
+    return {"model": config["name"], "prior": label(model["prior"]),
+            "guide": label(model["guide"]), "likelihood": label(model["likelihood"]),
+            "objective": objective}
 
 
 def markdown_table(rows):
