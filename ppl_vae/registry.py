@@ -20,7 +20,7 @@ from torch import nn
 
 from ppl_vae.errors import ConfigError
 from ppl_vae.inference.objectives import IWAE, EnumELBO
-from ppl_vae.inference.penalties import DIPVAE, DIPVAEII, FactorVAE, TotalCorrelation
+from ppl_vae.inference.penalties import DIPVAE, DIPVAEII, FactorVAE, Penalty, TotalCorrelation
 from ppl_vae.parts import corruptions, guides, likelihoods, nets, priors
 
 PRIORS = {
@@ -117,8 +117,9 @@ KIND_RULES = {
                                   "image_shape=...)"),
     "decoder": (_is_module_class, "an nn.Module built as Class(in_dim, out_dim, hidden=..., "
                                   "image_shape=...)"),
-    "objective": (lambda cls: callable(getattr(cls, "differentiable_loss", None)),
-                  "a Pyro ELBO class (with differentiable_loss)"),
+    "objective": (lambda cls: callable(getattr(cls, "differentiable_loss", None)) or (
+        isinstance(cls, type) and issubclass(cls, Penalty)),
+                  "a Pyro ELBO class (with differentiable_loss) or a Penalty"),
     "corruption": (_is_module_class, "an nn.Module built as Class(level=...) mapping x to a "
                                      "corrupted x"),
 }
