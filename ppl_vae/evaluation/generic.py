@@ -27,8 +27,8 @@ from pyro.poutine.util import site_is_subsample
 from ppl_vae.errors import ConfigError
 
 DATA_PLATE = "data"
-# Particles x points per vectorised pass, by device type (as MAX_ROWS of the fast path).
-MAX_ROWS = {"cpu": 2**11, "cuda": 2**15}
+# Particles x points per vectorised pass, by device type, bounding memory;
+MAX_ROWS = {"cpu": 2**14, "cuda": 2**16}  # larger than the fast path's: a pass costs two traces
 ELBO_PARTICLES = 8  # draws per point of the per-epoch test ELBO of a program
 
 
