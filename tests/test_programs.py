@@ -4,6 +4,7 @@ loads back with ppl_vae.load_run; the generic evaluation agrees with the built-i
 fast path and with quadrature."""
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pyro
@@ -14,10 +15,15 @@ from pyro.infer import Predictive
 from torch import nn
 
 import ppl_vae
+from ppl_vae import registry, testing
+from ppl_vae.build import build, make_objective
 from ppl_vae.commands import main
+from ppl_vae.config import load_config
 from ppl_vae.evaluation import generic
 from ppl_vae.evaluation.likelihood import log_likelihood as fast_log_likelihood
 from ppl_vae.vae import Dims, build_vae
+
+MODELS = Path(__file__).resolve().parent.parent / "models"
 
 # The program of the README's "Write your own model", as a user writes it.
 PROGRAM = '''
@@ -215,3 +221,76 @@ def test_generic_log_px_agrees_with_quadrature_on_a_2d_toy():
     quadrature = log_joint.logsumexp(0) + cell
     estimate = generic.log_likelihood(toy, x, num_samples=100_000, max_rows=2**20)
     assert (estimate - quadrature).abs().max() < 0.03
+
+
+# ---------------------------------------------------------------- the programs in models/
+
+
+def model_class(kind, path):
+    return registry.lookup(kind, str(MODELS / path))
+
+
+def test_the_users_programs_and_prior_in_models_pass_the_kit():
+    assert testing.check_part("prior", str(MODELS / "flow_prior.py:FlowPrior"),
+                              options={"hidden": 16})
+    assert testing.check_part("program", str(MODELS / "hierarchical_vae.py:HierarchicalVAE"),
+                              options={"hidden": [16]})
+    dims = Dims(data_dim=64, latent_dim=3, num_data=40, num_classes=4, image_shape=(8, 8))
+    assert testing.check_part("program", str(MODELS / "m2.py:M2"), dims=dims,
+                              options={"hidden": [16], "num_labelled": 10})
+
+
+def test_m2_objective_is_the_sum_over_classes_by_hand():
+    """Where no label is kept, TraceEnum_ELBO's bound is sum_y q(y|x) [ELBO(x, y) -
+    log q(y|x)], ELBO(x, y) = E_q(z|x,y)[log p(x|y,z) + log p(z) - log q(z|x,y)] + log p(y)."""
+    dims = Dims(data_dim=64, latent_dim=2, num_data=20, num_classes=3)
+    m2 = model_class("program", "m2.py:M2")(dims, num_labelled=5, hidden=(16,))
+    with torch.no_grad():
+        m2.decoder[0].weight.mul_(3.0)
+    x = torch.bernoulli(torch.full((6, 64), 0.3), generator=torch.Generator().manual_seed(2))
+    k = 4000
+    with torch.no_grad():
+        loss = make_objective("enum", num_particles=k).loss(m2.model, m2.guide, x)
+        log_q_y = m2.classifier(x).log_softmax(-1)
+        total, variance = torch.zeros(6), torch.zeros(6)
+        for c in range(3):
+            onehot = torch.nn.functional.one_hot(torch.full((6,), c), 3).float()
+            loc, raw = m2.encoder(torch.cat([x, onehot], -1)).chunk(2, -1)
+            q_z = dist.Normal(loc, torch.nn.functional.softplus(raw) + 1e-4).to_event(1)
+            z = q_z.sample((k,))
+            logits = m2.decoder(torch.cat([z, onehot.expand(k, 6, 3)], -1))
+            terms = (dist.Bernoulli(logits=logits).to_event(1).log_prob(x)
+                     + dist.Normal(0.0, 1.0).log_prob(z).sum(-1) - q_z.log_prob(z))
+            weight = log_q_y[:, c].exp()
+            total += weight * (terms.mean(0) + math.log(1 / 3) - log_q_y[:, c])
+            variance += weight**2 * terms.var(0) / k
+    se = math.sqrt(2 * float(variance.sum()))
+    assert abs(-loss - float(total.sum())) < 5 * se
+
+
+def test_m2_learns_to_classify_from_few_labels_and_bounds_log_px():
+    config = load_config(MODELS / "m2.toml", {
+        "train.epochs": 8, "model.program_options": {"num_labelled": 300, "hidden": [64]}})
+    experiment = build(config, None, progress=False)
+    experiment.run(figures=False)
+    program, data = experiment.program, experiment.data
+    accuracy = float((program.classify(data.x_test) == data.y_test).float().mean())
+    assert accuracy > 0.5  # chance is 0.1
+    row = generic.evaluate_program(program, data.x_test[:50], num_samples=200)
+    assert row["test_elbo"] <= row["log_px"] and math.isfinite(row["log_px"])
+
+
+def test_hierarchical_vae_trains_and_its_bound_holds():
+    config = load_config(MODELS / "hierarchical_vae.toml", {
+        "train.epochs": 4, "model.program_options": {"hidden": [64], "top_dim": 2}})
+    experiment = build(config, None, progress=False)
+    experiment.run(figures=False)
+    elbos = [row["test_elbo"] for row in experiment.metrics]
+    assert elbos[-1] > elbos[0]
+    program, x = experiment.program, experiment.data.x_test[:50]
+    log_px = generic.log_likelihood(program, x, num_samples=500)
+    elbo = generic.monte_carlo_elbo(program, x, num_samples=500)
+    assert (elbo.mean() < log_px.mean()) and torch.isfinite(log_px).all()
+    # Both layers are latent sites drawn from the guide and scored by the model.
+    observed, latent = generic.log_weight_terms(program, x[:3], num_particles=2)
+    assert observed.shape == latent.shape == (2, 3)
