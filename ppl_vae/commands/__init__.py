@@ -110,10 +110,10 @@ def add_train_arguments(parser):
                                              "likelihoods"))
     parts = parser.add_argument_group("model parts (names from ppl_vae.registry)")
     parts.add_argument("--program", metavar="FILE.py:CLASS",
-                       help="a program of your own (an nn.Module with model and guide) in "
-                            "place of the VAE's parts, as path/to/file.py:Class or "
-                            "package.module:Class (default: the model file's; built-in: "
-                            "none, the VAE)")
+                       help=_help("program", "a program of your own (an nn.Module with model "
+                                             "and guide) in place of the VAE's parts, as "
+                                             "path/to/file.py:Class or package.module:Class; "
+                                             "empty: the VAE"))
     for kind in ("prior", "guide", "likelihood", "encoder", "decoder"):
         parts.add_argument(f"--{kind}", help=_part_help(kind))
     parts.add_argument("--latent-dim", type=int, help=_help("latent_dim", "dimension of z"))
