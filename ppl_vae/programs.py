@@ -47,6 +47,8 @@ def build_program(dims, model_cfg):
         return cls(dims, **model_cfg["program_options"])
     except TypeError as err:
         raise ConfigError(f"bad program_options for {model_cfg['program']!r}: {err}") from None
+    except ValueError as err:  # the program's own refusal of its sizes or options
+        raise ConfigError(f"cannot build program {model_cfg['program']!r}: {err}") from None
 
 
 def check_program_settings(config):

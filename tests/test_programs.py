@@ -159,6 +159,11 @@ def test_settings_of_the_builtin_vae_are_refused_for_a_program(user_dir, monkeyp
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1
     assert "is not a program: a program is an nn.Module with model" in err
+    code = main(["train", "--model", str(MODELS / "m2.toml"), "--no-conditional", "--out",
+                 "run3", "--quiet"])  # the program's own ValueError, as one line
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "cannot build program" in err and "M2 needs labelled data" in err
 
 
 # ---------------------------------------------------------------- generic evaluation
