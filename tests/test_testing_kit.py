@@ -84,6 +84,22 @@ def test_a_program_whose_guide_names_its_site_differently_fails():
         check_part("program", RenamedSiteProgram)
 
 
+class UnscaledProgram(RenamedSiteProgram):
+    """Sites agree, but the data plate ignores idx: a minibatch is not scaled to N."""
+
+    def plate(self, x, idx):
+        return pyro.plate("data", len(x))
+
+    def guide(self, x, y=None, idx=None):
+        with self.plate(x, idx):
+            pyro.sample("z", dist.Normal(self.encoder(x), 1.0).to_event(1))
+
+
+def test_a_program_whose_plate_ignores_the_minibatch_indices_fails():
+    with pytest.raises(PartCheckError, match=r"site 'x' is scaled by 1, not N / B = 4"):
+        check_part("program", UnscaledProgram)
+
+
 def test_a_likelihood_with_the_wrong_event_shape_fails():
     with pytest.raises(PartCheckError, match=r"'distribution': p\(x \| z\) has event shape "
                                              r"\(\); expected \(64,\)"):
