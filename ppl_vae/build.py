@@ -28,14 +28,16 @@ from ppl_vae.data import (
 from ppl_vae.data.masks import random_mask
 from ppl_vae.device import free_memory, resolve_device
 from ppl_vae.errors import CheckpointError, ConfigError, DataError
+from ppl_vae.evaluation.generic import evaluate_elbo as generic_elbo
 from ppl_vae.evaluation.likelihood import evaluate_elbo
 from ppl_vae.inference.jit import JIT_VERSIONS, JitUnavailableWarning, jit_available
 from ppl_vae.inference.loop import Trainer, adam
 from ppl_vae.inference.penalties import PenalizedELBO, Penalty
 from ppl_vae.inference.runs import CHECKPOINT, RunFolder, config_path
 from ppl_vae.inference.schedules import KLSchedule
-from ppl_vae.registry import lookup
-from ppl_vae.vae import Dims, build_vae, parameter_bytes
+from ppl_vae.programs import build_program, check_program_settings, is_program, model_support
+from ppl_vae.registry import lookup, resolve_path
+from ppl_vae.vae import VAE, Dims, parameter_bytes
 
 # Settings that may differ between a run and its resumption.
 RESUMABLE = {"train.epochs", "train.device", "train.jit", "train.eval_every"}
@@ -88,10 +90,10 @@ class Experiment:
             self.trainer.run_folder.start(self.trainer.metrics, self.trainer.metric_names)
         last = self.trainer.run()
         if figures and main and self.run_dir is not None:
-            from ppl_vae.evaluation.plots import save_run_figures
+            from ppl_vae.evaluation.plots import save_program_figures, save_run_figures
 
-            save_run_figures(self.program, self.dataset.to(self.device), self.metrics,
-                             self.run_dir)
+            save = save_run_figures if isinstance(self.program, VAE) else save_program_figures
+            save(self.program, self.dataset.to(self.device), self.metrics, self.run_dir)
         return last
 
 
@@ -151,12 +153,25 @@ def _refuse(changes, what, where):
 
 
 def resolve_data_path(config):
-    """``config`` with a data file named by its absolute path, so that evaluation and
-    resumption from another directory read the same file."""
+    """``config`` with a data file, and parts or a program given as ``file.py:Class``, named
+    by absolute paths, so that evaluation and resumption from another directory read the
+    same files."""
+    config = _resolve_part_paths(config)
     name = str(config["data"]["dataset"])
     if name.lower() in DATASETS or Path(name).suffix.lower() not in ARRAY_SUFFIXES:
         return config
     return {**config, "data": {**config["data"], "dataset": str(Path(name).resolve())}}
+
+
+def _resolve_part_paths(config):
+    model = {key: resolve_path(value) if key in PART_KEYS else value
+             for key, value in config["model"].items()}
+    train = {**config["train"], "objective": resolve_path(config["train"]["objective"])}
+    return {**config, "model": model, "train": train}
+
+
+# The settings that name a part (or a program) by registered name or import path.
+PART_KEYS = ("program", "prior", "guide", "likelihood", "encoder", "decoder", "corruption")
 
 
 def load_run(run_dir, *, device="auto"):
@@ -192,17 +207,16 @@ def _build(config, run_dir, *, progress, state):
     if model_cfg["conditional"] and dataset.y_train is not None:
         classes = (state or {}).get("classes") or label_values(dataset)
         dataset = index_labels(dataset, classes)
-    dims = _dims(dataset, model_cfg, lookup("likelihood", model_cfg["likelihood"]).support)
-    parts = {k: v for k, v in model_cfg.items() if k not in ("latent_dim", "conditional")}
-    check_model_fits(parameter_bytes(dims, **parts), device, model_cfg)
-    pyro.set_rng_seed(train_cfg["seed"])
-    program = build_vae(dims, **parts).to(device)
+    check_program_settings(config)
+    support = model_support(model_cfg)
+    dims = _dims(dataset, model_cfg, support)
+    program = _make_program(dims, model_cfg, device, seed=train_cfg["seed"])
+    builtin = isinstance(program, VAE)
+    jit = train_cfg["jit"] and builtin  # a program of your own runs uncompiled
     objective = make_objective(train_cfg["objective"], num_particles=train_cfg["num_particles"],
-                               jit=train_cfg["jit"], options=train_cfg["objective_options"],
-                               dims=dims)
-    binarization = BINARIZATIONS[data_cfg["binarize"] if program.likelihood.support == "unit"
-                                 else "none"]
-    data = prepare_data(dataset, binarization, conditional=program.conditional,
+                               jit=jit, options=train_cfg["objective_options"], dims=dims)
+    binarization = BINARIZATIONS[data_cfg["binarize"] if support == "unit" else "none"]
+    data = prepare_data(dataset, binarization, conditional=model_cfg["conditional"],
                         device=device, seed=train_cfg["seed"])
     _hide_entries(program, data.x_train, data_cfg["missing_rate"], train_cfg["seed"])
     schedule = KLSchedule(train_cfg["kl_schedule"], beta=model_cfg["beta"],
@@ -216,14 +230,38 @@ def _build(config, run_dir, *, progress, state):
                       batch_size=train_cfg["batch_size"], epochs=train_cfg["epochs"],
                       seed=train_cfg["seed"], schedule=schedule,
                       transform=binarize if binarization.each_batch else None,
-                      evaluate=evaluate_elbo, eval_every=train_cfg["eval_every"], run=run,
-                      compile=train_cfg["jit"], progress=progress)
+                      evaluate=evaluate_elbo if builtin else generic_elbo,
+                      eval_every=train_cfg["eval_every"], run=run, compile=jit,
+                      progress=progress)
     if state is None:
         setup_from_data(program, data.x_train)  # the same rows on every process (seeded)
     else:
         trainer.load_state_dict(state)
     return Experiment(config, dataset, data, dims, program, trainer,
                       None if run_dir is None else Path(run_dir), classes)
+
+
+def _make_program(dims, model_cfg, device, *, seed):
+    """The program of ``[model]`` on ``device``, its random initialisation seeded; a built-in
+    VAE too large for the device is refused before it is built."""
+    if not is_program(model_cfg):
+        parts = {k: v for k, v in model_cfg.items()
+                 if k not in ("latent_dim", "conditional", "program", "program_options")}
+        check_model_fits(parameter_bytes(dims, **parts), device, model_cfg)
+    pyro.set_rng_seed(seed)
+    return build_program(dims, model_cfg).to(device)
+
+
+def data_as_trained(config, dataset, classes, device):
+    """``dataset`` as a run of ``config`` trained on it (:func:`prepare_data`): labels as
+    class indices, on ``device``, binarised with the run's seed where the model needs it."""
+    model_cfg, seed = config["model"], config["train"]["seed"]
+    if classes is not None:
+        dataset = index_labels(dataset, classes)
+    support = model_support(model_cfg)
+    binarization = BINARIZATIONS[config["data"]["binarize"] if support == "unit" else "none"]
+    return prepare_data(dataset, binarization, conditional=model_cfg["conditional"],
+                        device=device, seed=seed)
 
 
 def data_fingerprint(data_cfg, dataset):

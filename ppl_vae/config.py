@@ -30,6 +30,10 @@ DEFAULTS = {
         "missing_rate": 0.0,  # train with this share of training entries hidden (at random)
     },
     "model": {
+        # A program of your own (path.py:Class or package.module:Class) in place of the
+        # built-in VAE and its parts; "" is the VAE. Built as Class(dims, **program_options).
+        "program": "",
+        "program_options": {},
         "latent_dim": 8,
         "prior": "normal",
         "guide": "diagonal",
@@ -135,17 +139,21 @@ def load_config(name_or_path=None, overrides=None):
         return config_from_text("", overrides, source="the defaults")
     path = find_model_file(name_or_path)
     with open(path, encoding="utf-8") as f:
-        return config_from_text(f.read(), overrides, source=str(path))
+        return config_from_text(f.read(), overrides, source=str(path), folder=path.parent)
 
 
-def config_from_text(text, overrides=None, *, source):
-    """:func:`load_config` of a model file's TOML ``text`` (read from ``source``)."""
+def config_from_text(text, overrides=None, *, source, folder=None):
+    """:func:`load_config` of a model file's TOML ``text`` (read from ``source``). A part or
+    program given in the text as a relative ``file.py:Class`` is taken relative to
+    ``folder`` (the model file's own), if given."""
     config = copy.deepcopy(DEFAULTS)
     try:
         from_file = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{source} is not valid TOML: {err}") from None
     _merge(config, from_file, DEFAULTS, source=source)
+    if folder is not None:
+        _files_relative_to(config, Path(folder))
     for dotted, value in (overrides or {}).items():
         if value is None:
             continue
@@ -155,6 +163,19 @@ def config_from_text(text, overrides=None, *, source):
             nested = {table: nested}
         _merge(config, nested, DEFAULTS, source="the command line")
     return config
+
+
+# The settings that may name a part or a program by import path (``file.py:Class``).
+PART_SETTINGS = (("model", "program"), ("model", "prior"), ("model", "guide"),
+                 ("model", "likelihood"), ("model", "encoder"), ("model", "decoder"),
+                 ("model", "corruption"), ("train", "objective"))
+
+
+def _files_relative_to(config, folder):
+    for table, key in PART_SETTINGS:
+        where, colon, attr = config[table][key].rpartition(":")
+        if colon and where.endswith(".py") and not Path(where).expanduser().is_absolute():
+            config[table][key] = f"{folder / where}:{attr}"
 
 
 def _merge(config, update, schema, *, source, prefix=""):

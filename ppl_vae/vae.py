@@ -265,6 +265,8 @@ def _make(kind, name, *args, options=None):
         return cls(*args, **(options or {}))
     except TypeError as err:
         raise ConfigError(f"bad options for {kind} {name!r}: {err}") from None
+    except ValueError as err:  # a part's own refusal of its sizes or options, one line
+        raise ConfigError(f"cannot build {kind} {name!r}: {err}") from None
 
 
 def parameter_bytes(dims, **parts):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from pyro.infer import RenyiELBO, Trace_ELBO
 
-from ppl_vae import registry
+from ppl_vae import registry, testing
 from ppl_vae.build import make_objective
 from ppl_vae.errors import ConfigError
 from ppl_vae.evaluation.likelihood import elbo_terms
@@ -46,19 +46,10 @@ def sharpen(vae, factor=4.0):
 
 
 def train(vae, x, objective="meanfield", *, steps=3, batch_size=10, lr=1e-2, num_particles=1):
-    """A few steps of the trainer's loop: Pyro's differentiable loss, torch Adam, minibatches
-    identified by their training-set indices. Returns the losses."""
-    elbo = make_objective(objective, num_particles=num_particles)
-    optimizer = torch.optim.Adam(vae.parameters(), lr=lr)
-    losses = []
-    for step in range(steps):
-        idx = torch.arange(step * batch_size, (step + 1) * batch_size) % len(x)
-        loss = elbo.differentiable_loss(vae.model, vae.guide, x[idx], idx=idx)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-    return losses
+    """A few steps of the check kit's loop (Pyro's differentiable loss, torch Adam,
+    minibatches identified by their training-set indices). Returns the losses."""
+    return testing.svi_losses(vae, x, objective=objective, steps=steps, batch_size=batch_size,
+                              lr=lr, num_particles=num_particles)
 
 
 # ---------------------------------------------------------------- every part trains

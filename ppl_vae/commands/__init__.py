@@ -32,6 +32,7 @@ TRAIN_OVERRIDES = {
     "download": "data.download",
     "binarize": "data.binarize",
     "missing_rate": "data.missing_rate",
+    "program": "model.program",
     "prior": "model.prior",
     "guide": "model.guide",
     "likelihood": "model.likelihood",
@@ -113,6 +114,11 @@ def add_train_arguments(parser):
                                                  "entries missing at random: the likelihood "
                                                  "scores the observed ones only"))
     parts = parser.add_argument_group("model parts (names from ppl_vae.registry)")
+    parts.add_argument("--program", metavar="FILE.py:CLASS",
+                       help=_help("program", "a program of your own (an nn.Module with model "
+                                             "and guide) in place of the VAE's parts, as "
+                                             "path/to/file.py:Class or package.module:Class; "
+                                             "empty: the VAE"))
     for kind in ("prior", "guide", "likelihood", "encoder", "decoder"):
         parts.add_argument(f"--{kind}", help=_part_help(kind))
     parts.add_argument("--latent-dim", type=int, help=_help("latent_dim", "dimension of z"))
@@ -263,6 +269,37 @@ def eval_command(args):
     return 0
 
 
+def add_check_part_arguments(parser):
+    """The arguments of ``ppl-vae check-part``."""
+    from ppl_vae.registry import TABLES
+
+    parser.add_argument("kind", metavar="KIND", choices=list(TABLES),
+                        help=f"the kind of part: {', '.join(TABLES)}")
+    parser.add_argument("part", metavar="PATH:CLASS",
+                        help="the part: path/to/file.py:Class, package.module:Class or a "
+                             "registered name")
+    parser.add_argument("--options", default="{}", metavar="JSON",
+                        help="keyword options of its constructor, as a JSON object "
+                             "(default: {})")
+
+
+def check_part_command(args):
+    import json
+
+    from ppl_vae.testing import check_part
+
+    try:
+        options = json.loads(args.options)
+    except json.JSONDecodeError as err:
+        raise PplVaeError(f"--options must be a JSON object; got {args.options!r} "
+                          f"({err})") from None
+    if not isinstance(options, dict):
+        raise PplVaeError(f"--options must be a JSON object; got {args.options!r}")
+    passed = check_part(args.kind, args.part, options=options)
+    print(f"{args.part} passes the {args.kind} checks: {', '.join(passed)}")
+    return 0
+
+
 def gmm_command(argv):
     from ppl_vae.commands.gmm import main as gmm_main
 
@@ -304,6 +341,9 @@ def build_parser():
     evaluate = commands.add_parser("eval", help="evaluate a trained run: ELBO, log p(x), "
                                                 "active units, inference gaps")
     add_eval_arguments(evaluate)
+    check = commands.add_parser("check-part", help="run the checks every registered part "
+                                                   "passes on a part of your own")
+    add_check_part_arguments(check)
     commands.add_parser("gmm", add_help=False,
                         help="fit a Gaussian mixture: EM, CAVI, Pyro SVI or NUTS")
     commands.add_parser("compare", add_help=False,
@@ -343,7 +383,8 @@ def main(argv=None):
 
     def dispatch(a):
         args = parser.parse_args(a)
-        return {"train": train_command, "eval": eval_command}[args.command](args)
+        return {"train": train_command, "eval": eval_command,
+                "check-part": check_part_command}[args.command](args)
 
     return run(dispatch, argv)
 

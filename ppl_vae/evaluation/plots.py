@@ -155,3 +155,23 @@ def save_run_figures(vae, data, metrics, run_dir):
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+def save_program_figures(program, data, metrics, run_dir):
+    """The figures a program of your own supports, into ``run_dir``: the ELBO curves
+    always; reconstructions if it has ``reconstruct(x)``, samples if ``sample(n)``, the
+    latent space if ``encode(x)`` (image data for the first two). Returns their paths."""
+    program.eval()
+    figures = {"elbo.png": elbo_curves(metrics)}
+    if hasattr(program, "encode"):
+        figures["latent.png"] = latent_space(program, data.x_test, data.y_test)
+    if data.image_shape is not None and hasattr(program, "reconstruct"):
+        figures["reconstructions.png"] = reconstructions(program, data.x_test, data.image_shape)
+    if data.image_shape is not None and hasattr(program, "sample"):
+        figures["samples.png"] = prior_samples(program, data.image_shape)
+    paths = []
+    for name, fig in figures.items():
+        fig.savefig(run_dir / name, dpi=120, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(run_dir / name)
+    return paths

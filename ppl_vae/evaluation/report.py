@@ -16,7 +16,9 @@ import torch
 from tqdm.auto import tqdm
 
 from ppl_vae.data import binarize
+from ppl_vae.errors import ConfigError
 from ppl_vae.evaluation import tables
+from ppl_vae.evaluation.generic import evaluate_program
 from ppl_vae.evaluation.likelihood import (
     ELBO_SAMPLES,
     Q_STAR_SAMPLES,
@@ -26,6 +28,8 @@ from ppl_vae.evaluation.likelihood import (
     inference_gaps,
     log_likelihood,
 )
+from ppl_vae.registry import label
+from ppl_vae.vae import VAE
 
 # (CSV column, markdown header, decimals); None decimals: written as is.
 COLUMNS = [
@@ -162,9 +166,16 @@ def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, de
     y_train = None if data.y_train is None else data.y_train[:gap_points]
     row = run_description(run.config)
     row["train_seconds"] = sum(m["seconds"] for m in run.metrics)
-    row.update(evaluate_vae(run.program, data.x_test, data.y_test, x_train=x_train,
-                            y_train=y_train, num_samples=num_samples, gap_points=gap_points,
-                            gap_steps=gap_steps, progress=progress, ais=ais))
+    if isinstance(run.program, VAE):
+        row.update(evaluate_vae(run.program, data.x_test, data.y_test, x_train=x_train,
+                                y_train=y_train, num_samples=num_samples,
+                                gap_points=gap_points, gap_steps=gap_steps, progress=progress,
+                                ais=ais))
+    elif ais is not None:
+        raise ConfigError("AIS needs the built-in VAE's single latent site: evaluate a program "
+                          "with --estimator is (the default)")
+    else:  # a program of your own: the generic path (ELBO and log p(x) only)
+        row.update(_evaluate_program(run.program, data, num_samples, progress))
     row["test_set"] = hashlib.sha1(data.x_test.cpu().numpy().tobytes()).hexdigest()[:16]
     run_dir, suffix = Path(run_dir), "" if ais is None else "_ais"
     paths = write_table([row], run_dir / f"eval{suffix}.md", run_dir / f"eval{suffix}.csv")
@@ -206,11 +217,15 @@ def paired_table(differences, reference):
 def run_description(config):
     """The columns that name a run's model: name, parts and objective (with K for IWAE)."""
     model, train = config["model"], config["train"]
-    objective = train["objective"]
+    objective = label(train["objective"])
     if train["num_particles"] > 1:
         objective += f" (K={train['num_particles']})"
-    return {"model": config["name"], "prior": model["prior"], "guide": model["guide"],
-            "likelihood": model["likelihood"], "objective": objective}
+    if model.get("program"):
+        return {"model": config["name"], "prior": "", "guide": "", "likelihood": "",
+                "objective": objective, "notes": f"program {label(model['program'])}"}
+    return {"model": config["name"], "prior": label(model["prior"]),
+            "guide": label(model["guide"]), "likelihood": label(model["likelihood"]),
+            "objective": objective}
 
 
 def markdown_table(rows):
@@ -232,6 +247,14 @@ def _work(guide, n, m, m_train, num_samples, gap_steps):
         return n * (num_samples + q_star)
     gaps = (2 * ELBO_SAMPLES + q_star) * (m + m_train)
     return n * num_samples + gaps + m_train * num_samples
+
+
+def _evaluate_program(program, data, num_samples, progress):
+    """The generic path (:mod:`ppl_vae.evaluation.generic`) for a program of your own."""
+    with tqdm(total=len(data.x_test) * num_samples, desc="evaluating", unit="pt-sample",
+              unit_scale=True, file=sys.stderr, disable=not progress) as bar:
+        return evaluate_program(program, data.x_test, data.y_test, num_samples=num_samples,
+                                progress=bar.update)
 
 
 def _ais_options(vae, options):

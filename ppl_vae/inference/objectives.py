@@ -18,7 +18,7 @@ a penalty on the guide's codes: :mod:`ppl_vae.inference.penalties`.
 import math
 
 import torch
-from pyro.infer import RenyiELBO
+from pyro.infer import RenyiELBO, TraceEnum_ELBO, config_enumerate
 from pyro.infer.util import get_dependent_plate_dims, is_identically_zero, torch_sum
 
 from ppl_vae.errors import ConfigError
@@ -74,3 +74,20 @@ def _plate_scale(site):
         if frame.full_size is not None and frame.size:
             scale *= frame.full_size / frame.size
     return scale
+
+
+class EnumELBO(TraceEnum_ELBO):
+    """``TraceEnum_ELBO`` with the guide's discrete sites enumerated in parallel.
+
+    The guide is wrapped in ``config_enumerate`` at each call, so a program need not mark
+    its discrete sites: each is summed over its values instead of sampled (the
+    semi-supervised VAE's class where the label is missing; Pyro's GMM's assignments).
+    Continuous sites are sampled as by ``Trace_ELBO``.
+    """
+
+    def differentiable_loss(self, model, guide, *args, **kwargs):
+        return super().differentiable_loss(model, config_enumerate(guide, "parallel"),
+                                           *args, **kwargs)
+
+    def loss(self, model, guide, *args, **kwargs):
+        return super().loss(model, config_enumerate(guide, "parallel"), *args, **kwargs)
