@@ -217,8 +217,8 @@ def _build(config, run_dir, *, progress, state):
                       compile=train_cfg["jit"], progress=progress)
     if state is None:
         # the same rows on every process (seeded), as floats
-        setup_from_data(program, ConvertedRows(data.x_train, transform) if transform
-                        else data.x_train)
+        setup_from_data(program, ConvertedRows(data.x_train, to_unit)
+                        if data.x_train.dtype == torch.uint8 else data.x_train)
     else:
         trainer.load_state_dict(state)
     return Experiment(config, dataset, data, dims, program, trainer,

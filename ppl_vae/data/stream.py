@@ -49,7 +49,7 @@ class MappedRows:
         return self.shape[0]
 
     def __getitem__(self, idx):
-        idx = torch.as_tensor(idx).cpu().numpy()
+        idx = _positions(idx, len(self)).numpy()
         where = self.rows[idx]
         order = np.argsort(where, kind="stable")  # a memory map reads forwards fastest
         block = np.empty((len(where), *self.array.shape[1:]), self.array.dtype)
@@ -75,12 +75,19 @@ class FolderRows:
         return len(self.files)
 
     def __getitem__(self, idx):
-        idx = torch.as_tensor(idx).cpu().reshape(-1).tolist()
+        idx = _positions(idx, len(self)).tolist()
         return torch.from_numpy(np.stack([read_image(self.files[i], self.mode, self.size)
                                           .reshape(-1) for i in idx]))
 
     def load(self):
         return self[list(range(len(self)))]
+
+
+def _positions(idx, n):
+    """Row positions as a CPU tensor, from a slice, a list, an array or a tensor."""
+    if isinstance(idx, slice):
+        return torch.arange(n)[idx]
+    return torch.as_tensor(idx).cpu().reshape(-1)
 
 
 def is_streamed(x):

@@ -215,7 +215,7 @@ class DiscretizedLogisticMixtureDistribution(TorchDistribution):
         weights = torch.softmax(self.logits, -2).unsqueeze(-2)
         return (weights * means / (LEVELS - 1)).sum(-3).flatten(-2)
 
-    def sample(self, sample_shape=torch.Size()):
+    def sample(self, sample_shape=()):
         with torch.no_grad():
             shape = torch.Size(sample_shape) + self.loc.shape
             component = dist.Categorical(logits=self.logits.movedim(-2, -1)).sample(sample_shape)
