@@ -193,8 +193,10 @@ def _build(config, run_dir, *, progress, state):
     objective = make_objective(train_cfg["objective"], num_particles=train_cfg["num_particles"],
                                jit=train_cfg["jit"], options=train_cfg["objective_options"],
                                dims=dims)
+    # Binarised for a Bernoulli-type likelihood; never for one of 8-bit levels (which
+    # declares how it reads them, ``dequantize``).
     binarization = BINARIZATIONS[data_cfg["binarize"] if program.likelihood.support == "unit"
-                                 else "none"]
+                                 and not hasattr(program.likelihood, "dequantize") else "none"]
     data = prepare_data(dataset, binarization, conditional=program.conditional,
                         device=device, seed=train_cfg["seed"],
                         dequantize=getattr(program.likelihood, "dequantize", False))
