@@ -44,4 +44,4 @@ def test_memory_probe_sees_anonymous_memory_and_keeps_its_peak():
     peak = sampler.stop()
     del block
     assert during - before > 200 * 2**20
-    assert peak >= during
+    assert peak >= during - 2**20  # a page or two may be freed between the readings
