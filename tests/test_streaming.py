@@ -2,6 +2,10 @@
 trains to the very parameters of the in-memory path (the same permutation and batches),
 resumes exactly, and the automatic choice follows the data's size."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -11,6 +15,7 @@ from ppl_vae.build import build, resume
 from ppl_vae.config import load_config
 from ppl_vae.data.stream import MappedRows, choose_stream, is_streamed, minibatches
 from ppl_vae.errors import ConfigError, DataError
+from ppl_vae.inference.checkpoint import load_checkpoint
 
 SMALL = {"model.hidden": [16], "model.latent_dim": 2, "train.batch_size": 7,
          "train.jit": False, "model.encoder": "conv", "model.decoder": "conv"}
@@ -86,3 +91,40 @@ def test_automatic_choice_and_refusals(tmp_path):
         load_config("vae", {"data.stream": "sometimes"})
     with pytest.raises(ConfigError, match="cannot be streamed"):
         build(load_config("vae", {"data.stream": True}), None, progress=False)
+
+
+def torchrun(out, nproc, *args):
+    root = Path(__file__).resolve().parent.parent
+    launcher = ([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                 f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable])
+    result = subprocess.run([*launcher, str(root / "scripts" / "train_vae.py"), *args,
+                             "--out", str(out)], capture_output=True, text=True, timeout=240,
+                            env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin",
+                                 "PYTHONPATH": str(root)})
+    assert result.returncode == 0, result.stderr[-3000:]
+    return load_checkpoint(out / "checkpoint.pt")
+
+
+@pytest.mark.slow
+def test_ddp_shards_streamed_minibatches_as_in_memory_ones(tmp_path):
+    """Under torchrun each process streams its share of every global minibatch: 2
+    streaming processes end with the very parameters of 2 in-memory ones (the delta guide
+    and a discretised likelihood: nothing random)."""
+    path = images(tmp_path, n=64)
+    args = ["--dataset", str(path), "--guide", "delta", "--likelihood", "discretized-logistic",
+            "--hidden", "16", "--latent-dim", "2", "--batch-size", "16", "--epochs", "2",
+            "--no-jit", "--quiet"]
+    held = torchrun(tmp_path / "held", 2, *args, "--no-stream")
+    streamed = torchrun(tmp_path / "streamed", 2, *args, "--stream")
+    assert held["step"] == streamed["step"] == 2 * 4
+    for key, value in held["model"].items():
+        assert torch.equal(streamed["model"][key], value), key
+
+
+@pytest.mark.cuda
+def test_uint8_images_stay_uint8_on_the_gpu(tmp_path):
+    experiment = build(config(images(tmp_path), False, **{"train.device": "cuda"}), None,
+                       progress=False)
+    x = experiment.data.x_train
+    assert x.device.type == "cuda" and x.dtype == torch.uint8
+    assert torch.isfinite(torch.tensor(experiment.trainer.train_epoch()))

@@ -110,30 +110,46 @@ def bench_images(args):
     return rows
 
 
-def rss_anon():
-    """This process's anonymous resident memory in bytes (RssAnon of /proc/self/status):
+def rss_anon(pid="self"):
+    """A process's anonymous resident memory in bytes (RssAnon of /proc/PID/status):
     pages of a mapped file are page cache, reclaimable, and not counted."""
-    for line in Path("/proc/self/status").read_text().splitlines():
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("RssAnon:"):
             return int(line.split()[1]) * 1024
-    raise OSError("no RssAnon in /proc/self/status (Linux only)")
+    raise OSError(f"no RssAnon in /proc/{pid}/status (Linux only)")
+
+
+def rss_anon_with_children():
+    """:func:`rss_anon` of this process plus its children's (the DataLoader's workers):
+    pages the children share copy-on-write with it count twice, so this is an upper
+    bound."""
+    total = rss_anon()
+    for task in Path("/proc/self/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                total += rss_anon(child)
+            except OSError:  # the child ended between the two reads
+                pass
+    return total
 
 
 class PeakSampler(threading.Thread):
-    """Samples :func:`rss_anon` every ``interval`` seconds until stopped; keeps the peak."""
+    """Samples ``probe`` (:func:`rss_anon`) every ``interval`` seconds until stopped; keeps
+    the peak."""
 
-    def __init__(self, interval=0.05):
+    def __init__(self, interval=0.05, probe=rss_anon):
         super().__init__(daemon=True)
-        self.interval, self.peak, self.done = interval, rss_anon(), threading.Event()
+        self.interval, self.probe, self.done = interval, probe, threading.Event()
+        self.peak = probe()
 
     def run(self):
         while not self.done.wait(self.interval):
-            self.peak = max(self.peak, rss_anon())
+            self.peak = max(self.peak, self.probe())
 
     def stop(self):
         self.done.set()
         self.join()
-        return max(self.peak, rss_anon())
+        return max(self.peak, self.probe())
 
 
 @benchmark("images-memory", "streaming a memory-mapped uint8 .npy: peak RssAnon and images/s")
@@ -148,24 +164,30 @@ def bench_images_memory(args):
     bytes_per_image = int(np.prod(IMAGE_SHAPE))
     sizes = (2**12, 2**13) if args.quick else (int(4.2 * GIB) // bytes_per_image,
                                                int(8.4 * GIB) // bytes_per_image)
-    print(f"one epoch, streamed (data.stream = true), batch 256, on {args.device}; peak "
-          f"RssAnon sampled every 50 ms; files under {tempfile.gettempdir()}, deleted after")
+    print(f"one epoch, streamed (data.stream = true), batch 256, on {args.device}; an MLP "
+          f"VAE (hidden 128, latent 16, discretised logistic: the memory is the data's, not "
+          f"the model's); peak RssAnon of the process and of it plus its DataLoader workers, "
+          f"sampled every 50 ms; files under {tempfile.gettempdir()}, deleted after")
     rows = {}
     for n in sizes:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "x.npy"
             write_images(path, n)
             experiment = build(image_config(path, 256, args.device, **{
-                "data.stream": True, "data.test_fraction": 512 / n}), progress=False)
-            sampler = PeakSampler()
-            sampler.start()
+                "data.stream": True, "data.test_fraction": 512 / n, "model.encoder": "mlp",
+                "model.decoder": "mlp", "model.hidden": [128], "model.latent_dim": 16}),
+                progress=False)
+            samplers = [PeakSampler(), PeakSampler(probe=rss_anon_with_children)]
+            for sampler in samplers:
+                sampler.start()
             started = time.perf_counter()
             experiment.trainer.train_epoch()
             seconds = time.perf_counter() - started
-            peak = sampler.stop()
+            peak, with_workers = (sampler.stop() for sampler in samplers)
             del experiment
         rows[str(n)] = {"data_gib": n * bytes_per_image / GIB, "peak_rss_anon_gib": peak / GIB,
-                        "images_per_s": n / seconds}
+                        "with_workers_gib": with_workers / GIB, "images_per_s": n / seconds}
         print(f"{n:>10} images ({rows[str(n)]['data_gib']:.2f} GiB): peak RssAnon "
-              f"{peak / GIB:.3f} GiB, {n / seconds:,.0f} images/s")
+              f"{peak / GIB:.3f} GiB ({with_workers / GIB:.3f} GiB with the workers), "
+              f"{n / seconds:,.0f} images/s")
     return rows
