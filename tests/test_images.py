@@ -1,6 +1,7 @@
 """Images: layouts, 8-bit values, the discretised logistic (mixture), bits per dimension,
 conv nets for colour and any side, image folders and the standard sets' readers."""
 
+import csv
 import math
 import pickle
 
@@ -182,3 +183,10 @@ def test_colour_folder_trains_end_to_end_and_equals_its_npy(tmp_path, capsys):
     bpd = float(outputs["imgs"].split(" bits/dim")[0].rsplit(", ", 1)[1])
     elbo = float(outputs["imgs"].split("test ELBO ")[1].split(" ")[0])
     assert bpd == pytest.approx(-elbo / (3 * 8 * 7 * math.log(2)), abs=1e-3)
+    # eval reports bits/dim of log p(x) beside it
+    assert main(["eval", str(tmp_path / "run-imgs"), "--num-samples", "4", "--gap-points",
+                 "2", "--gap-steps", "1", "--quiet"]) == 0
+    with open(tmp_path / "run-imgs" / "eval.csv", newline="") as f:
+        values = next(csv.DictReader(f))
+    assert float(values["bits_per_dim"]) == pytest.approx(
+        -float(values["log_px"]) / (3 * 8 * 7 * math.log(2)), rel=1e-9)

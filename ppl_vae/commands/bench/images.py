@@ -48,17 +48,14 @@ def plain_image_epoch(encoder, decoder, likelihood, optimizer, x, batch_size, mi
     """Shuffle, :func:`plain_image_loss`, Adam; one host sync per epoch."""
     import torch
 
-    n = x.shape[0]
-    order = torch.randperm(n, device=x.device)
-    total = torch.zeros((), device=x.device)
-    for start in range(0, n, batch_size):
-        loss = plain_image_loss(encoder, decoder, likelihood, x[order[start:start + batch_size]],
-                                n, min_scale)
+    losses = []
+    for idx in torch.randperm(x.shape[0], device=x.device).split(batch_size):
+        loss = plain_image_loss(encoder, decoder, likelihood, x[idx], x.shape[0], min_scale)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        total += loss.detach()
-    return total.item()
+        losses.append(loss.detach())
+    return torch.stack(losses).sum().item()
 
 
 def write_images(path, n, seed=0, block=2**14):
