@@ -122,11 +122,11 @@ def rss_anon_with_children():
     bound."""
     total = rss_anon()
     for task in Path("/proc/self/task").iterdir():
-        for child in (task / "children").read_text().split():
-            try:
-                total += rss_anon(child)
-            except OSError:  # the child ended between the two reads
-                pass
+        try:  # a thread or a child may end between the listing and the read
+            children = (task / "children").read_text().split()
+            total += sum(rss_anon(child) for child in children)
+        except OSError:
+            pass
     return total
 
 
