@@ -52,7 +52,9 @@ class Trainer:
         Over ``program``'s parameters (and nothing else).
     data : ppl_vae.data.Dataset
         On the training device, test set already binarised where the likelihood needs it;
-        labels only for a conditional program.
+        labels only for a conditional program. ``x_train`` may be uint8 (8-bit images,
+        scaled by ``transform``) or rows streamed from disk (:mod:`ppl_vae.data.stream`):
+        both are cut into the same minibatches.
     batch_size, epochs, seed : int
     schedule : KLSchedule, optional
         The KL weight of each step (constant beta = the program's own by default).
