@@ -25,7 +25,9 @@ from ppl_vae.data import (
     check_data,
     load_dataset,
 )
+from ppl_vae.data.images import ConvertedRows, ImageBatches, image_files, to_unit
 from ppl_vae.data.masks import random_mask
+from ppl_vae.data.stream import choose_stream, is_streamed
 from ppl_vae.device import free_memory, resolve_device
 from ppl_vae.errors import CheckpointError, ConfigError, DataError
 from ppl_vae.evaluation.generic import evaluate_elbo as generic_elbo
@@ -40,7 +42,7 @@ from ppl_vae.registry import lookup, resolve_path
 from ppl_vae.vae import VAE, Dims, parameter_bytes
 
 # Settings that may differ between a run and its resumption.
-RESUMABLE = {"train.epochs", "train.device", "train.jit", "train.eval_every"}
+RESUMABLE = {"train.epochs", "train.device", "train.jit", "train.eval_every", "data.stream"}
 
 
 @dataclass
@@ -158,7 +160,8 @@ def resolve_data_path(config):
     same files."""
     config = _resolve_part_paths(config)
     name = str(config["data"]["dataset"])
-    if name.lower() in DATASETS or Path(name).suffix.lower() not in ARRAY_SUFFIXES:
+    if name.lower() in DATASETS or (Path(name).suffix.lower() not in ARRAY_SUFFIXES
+                                    and not Path(name).is_dir()):
         return config
     return {**config, "data": {**config["data"], "dataset": str(Path(name).resolve())}}
 
@@ -196,10 +199,30 @@ def _hide_entries(program, x_train, rate, seed):
     program.set_missing(random_mask(x_train.shape, rate, seed=seed + 3, device=x_train.device))
 
 
+def _training_data(program, dataset, support, config, device):
+    """The data training sees, on the device, and the per-batch transform: binarised for a
+    Bernoulli-type likelihood, never for one of 8-bit levels (which declares how it reads
+    them, ``dequantize``); 8-bit images become floats a batch at a time."""
+    data_cfg, train_cfg = config["data"], config["train"]
+    likelihood = getattr(program, "likelihood", None)  # a program of your own may have none
+    dequantize = getattr(likelihood, "dequantize", False)
+    levels = hasattr(likelihood, "dequantize")
+    binarization = BINARIZATIONS[data_cfg["binarize"] if support == "unit" and not levels
+                                 else "none"]
+    data = prepare_data(dataset, binarization, conditional=config["model"]["conditional"],
+                        device=device, seed=train_cfg["seed"],
+                        dequantize=dequantize)
+    transform = binarize if binarization.each_batch else None
+    if data.x_train.dtype == torch.uint8:
+        transform = ImageBatches(dequantize=dequantize, then=transform)
+    return data, transform
+
+
 def _build(config, run_dir, *, progress, state):
     data_cfg, model_cfg, train_cfg = config["data"], config["model"], config["train"]
     device = distributed.init_from_environment(resolve_device(train_cfg["device"]))
-    dataset = load_data(data_cfg, seed=train_cfg["seed"])
+    dataset = hold_or_stream(load_data(data_cfg, seed=train_cfg["seed"]), data_cfg["stream"],
+                             device)
     fingerprint = data_fingerprint(data_cfg, dataset)
     if state is not None:
         _check_saved_data(state, fingerprint, dataset, run_dir)
@@ -215,9 +238,7 @@ def _build(config, run_dir, *, progress, state):
     jit = train_cfg["jit"] and builtin  # a program of your own runs uncompiled
     objective = make_objective(train_cfg["objective"], num_particles=train_cfg["num_particles"],
                                jit=jit, options=train_cfg["objective_options"], dims=dims)
-    binarization = BINARIZATIONS[data_cfg["binarize"] if support == "unit" else "none"]
-    data = prepare_data(dataset, binarization, conditional=model_cfg["conditional"],
-                        device=device, seed=train_cfg["seed"])
+    data, transform = _training_data(program, dataset, support, config, device)
     _hide_entries(program, data.x_train, data_cfg["missing_rate"], train_cfg["seed"])
     schedule = KLSchedule(train_cfg["kl_schedule"], beta=model_cfg["beta"],
                           steps_per_epoch=-(-data.x_train.shape[0] // train_cfg["batch_size"]),
@@ -229,12 +250,14 @@ def _build(config, run_dir, *, progress, state):
     trainer = Trainer(program, objective, adam(program.parameters(), lr=train_cfg["lr"]), data,
                       batch_size=train_cfg["batch_size"], epochs=train_cfg["epochs"],
                       seed=train_cfg["seed"], schedule=schedule,
-                      transform=binarize if binarization.each_batch else None,
+                      transform=transform,
                       evaluate=evaluate_elbo if builtin else generic_elbo,
                       eval_every=train_cfg["eval_every"], run=run, compile=jit,
                       progress=progress)
     if state is None:
-        setup_from_data(program, data.x_train)  # the same rows on every process (seeded)
+        # the same rows on every process (seeded), as floats
+        setup_from_data(program, ConvertedRows(data.x_train, to_unit)
+                        if data.x_train.dtype == torch.uint8 else data.x_train)
     else:
         trainer.load_state_dict(state)
     return Experiment(config, dataset, data, dims, program, trainer,
@@ -268,10 +291,14 @@ def data_fingerprint(data_cfg, dataset):
     """sha1 of a data file's bytes, or of a built-in data set's arrays as loaded."""
     name = str(data_cfg["dataset"])
     digest = hashlib.sha1()
-    if name.lower() not in DATASETS and Path(name).is_file():
-        with open(name, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
+    if name.lower() not in DATASETS and (Path(name).is_file() or Path(name).is_dir()):
+        # a file's bytes; a folder's images' names and bytes, in sorted order
+        files = [Path(name)] if Path(name).is_file() else image_files(name)[0]
+        for path in files:
+            digest.update(str(path.relative_to(name) if path != Path(name) else "").encode())
+            with open(path, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 20), b""):
+                    digest.update(block)
         return digest.hexdigest()
     for array in (dataset.x_train, dataset.x_test, dataset.y_train, dataset.y_test):
         if array is not None:
@@ -322,7 +349,8 @@ def check_model_fits(param_bytes, device, model_cfg):
 
 def _dims(dataset, model_cfg, support):
     for x, split in ((dataset.x_train, "training"), (dataset.x_test, "test")):
-        check_data(x, support=support, name=f"{dataset.name} {split} data")
+        if not is_streamed(x):  # streamed rows are uint8: always in [0, 1] once scaled
+            check_data(x, support=support, name=f"{dataset.name} {split} data")
     if model_cfg["conditional"] and dataset.y_train is None:
         raise ConfigError(f"a conditional VAE needs labels; {dataset.name} has none")
     return Dims(data_dim=dataset.data_dim, latent_dim=model_cfg["latent_dim"],
@@ -352,15 +380,20 @@ def setup_from_data(program, x_train):
             module.setup_from_data(x_train)
 
 
-def prepare_data(dataset, binarization, *, conditional, device, seed):
+def prepare_data(dataset, binarization, *, conditional, device, seed, dequantize=False):
     """The data as training sees it: on ``device``, labels only if ``conditional``, the
     test set (and the training set, for static binarisation) binarised once as
     ``binarization`` (a :class:`~ppl_vae.data.Binarization`) says; binarising each
-    minibatch is the trainer's ``transform``.
+    minibatch is the trainer's ``transform``. 8-bit training images stay uint8 (scaled
+    per batch by the trainer's ``transform``); the test set becomes floats once, dequantised
+    with a fixed seed where ``dequantize`` (the likelihood's wish).
     """
     data = dataset.to(device)
     x_train, x_test = data.x_train, data.x_test
     gen = torch.Generator(device=device).manual_seed(seed + 1)
+    x_test = to_unit(x_test, dequantize=dequantize, generator=gen)
+    if binarization.train_once:
+        x_train = to_unit(x_train.load().to(device) if is_streamed(x_train) else x_train)
     if binarization.test_once:
         x_test = binarize(x_test, gen)
     if binarization.train_once:
@@ -370,14 +403,36 @@ def prepare_data(dataset, binarization, *, conditional, device, seed):
                    y_train=data.y_train if keep else None, y_test=data.y_test if keep else None)
 
 
+def hold_or_stream(dataset, stream, device):
+    """``dataset`` with its training rows read into memory, or left on disk to stream, as
+    ``data.stream`` says (:func:`~ppl_vae.data.stream.choose_stream`: "auto" streams what
+    would not fit in the memory free on ``device``); the choice joins ``read_as``."""
+    x = dataset.x_train
+    if not is_streamed(x):
+        if stream is True:
+            raise ConfigError(f"{dataset.name} cannot be streamed: only a uint8 .npy file or "
+                              "a folder of images can; set data.stream = \"auto\" or false")
+        return dataset
+    nbytes = x.shape[0] * x.shape[1] * x.dtype.itemsize
+    streamed, why = choose_stream(nbytes, free_memory(device), stream)
+    read_as = "; ".join(note for note in (dataset.read_as, f"training set {why}") if note)
+    return replace(dataset, x_train=x if streamed else x.load(), read_as=read_as)
+
+
 def load_data(data_cfg, *, seed):
     """The data set of ``[data]``; ``data.options`` go to a built-in data set's loader
     (``num_data`` and ``image_size`` of ``shapes``)."""
     common = {"data_dir": data_cfg["data_dir"], "download": data_cfg["download"],
               "test_fraction": data_cfg["test_fraction"], "seed": seed}
     options, name = data_cfg["options"], str(data_cfg["dataset"])
+    if Path(name).is_dir() and name.lower() not in DATASETS:  # an image folder
+        unknown = sorted(set(options) - {"image_size"})
+        if unknown:
+            raise ConfigError(f"an image folder takes data.options image_size only; got "
+                              f"{', '.join(unknown)}")
+        return load_dataset(name, **common, lazy=True, image_size=options.get("image_size"))
     if not options:
-        return load_dataset(name, **common)
+        return load_dataset(name, **common, lazy=True)
     if name.lower() not in DATASETS:
         raise ConfigError(f"data.options apply to the built-in data sets "
                           f"({', '.join(DATASETS)}); {name!r} takes none")

@@ -21,13 +21,18 @@ DEFAULTS = {
     "name": "vae",
     "description": "",
     "data": {
-        "dataset": "digits",  # digits | mnist | fashion-mnist | ppca | PATH.npz | PATH.npy
+        # digits | mnist | fashion-mnist | ppca | shapes | cifar10 | svhn | celeba64 |
+        # PATH.npz | PATH.npy | PATH/ (a folder of PNG/JPEG images)
+        "dataset": "digits",
         "data_dir": "data",
         "download": False,
         "binarize": "dynamic",  # dynamic | static | none (Bernoulli likelihoods only)
         "test_fraction": 0.2,
         "options": {},  # keyword options of a built-in loader: shapes' num_data, image_size
         "missing_rate": 0.0,  # train with this share of training entries hidden (at random)
+        # Stream the training set from disk (a uint8 .npy or an image folder) instead of
+        # holding it in memory: "auto" (when it would not fit), true or false.
+        "stream": "auto",
     },
     "model": {
         # A program of your own (path.py:Class or package.module:Class) in place of the
@@ -195,7 +200,17 @@ def _merge(config, update, schema, *, source, prefix=""):
         config[key] = _check_type(where, value, default, source)
 
 
+# Settings that take values of more than one type: key -> (check, what it takes).
+MIXED_TYPES = {("data", "stream"): (lambda v: v == "auto" or isinstance(v, bool),
+                                    "'auto', true or false")}
+
+
 def _check_type(where, value, default, source):
+    mixed = MIXED_TYPES.get(tuple(where.split(".")))
+    if mixed:
+        if not mixed[0](value):
+            raise ConfigError(f"{where!r} in {source} must be {mixed[1]}; got {value!r}")
+        return value
     ok = {
         bool: lambda v: isinstance(v, bool),
         int: lambda v: isinstance(v, int) and not isinstance(v, bool),

@@ -52,16 +52,21 @@ LIKELIHOODS = {
     "gaussian-isotropic": likelihoods.IsotropicGaussian,
     "gaussian-diagonal": likelihoods.DiagonalGaussian,
     "continuous-bernoulli": likelihoods.ContinuousBernoulli,
+    "discretized-logistic": likelihoods.DiscretizedLogistic,
+    "discretized-logistic-mixture": likelihoods.DiscretizedLogisticMixture,
+    "gaussian-dequantized": likelihoods.DequantizedGaussian,
 }
 
 ENCODERS = {
     "mlp": nets.MLP,
     "conv": nets.ConvEncoder,
+    "conv-residual": nets.ResidualConvEncoder,
 }
 
 DECODERS = {
     "mlp": nets.MLP,
     "conv": nets.ConvDecoder,
+    "conv-residual": nets.ResidualConvDecoder,
 }
 
 CORRUPTIONS = {  # of the guide's input while training: the denoising VAE

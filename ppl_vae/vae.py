@@ -40,7 +40,8 @@ class Dims:
     num_classes : int
         Number of classes of the condition y of a conditional VAE; 0 for a plain VAE.
     image_shape : tuple of int or None
-        (height, width) of image data, for conv nets and figures.
+        (height, width) of one-channel image data, or (channels, height, width) of colour
+        images (flattened channel-major), for conv nets, likelihoods and figures.
     """
 
     data_dim: int

@@ -96,9 +96,9 @@ def test_ppca_dataset_is_real_valued_without_labels():
 
 def test_unknown_name_lists_datasets_and_suffixes():
     with pytest.raises(DataError) as excinfo:
-        load_dataset("cifar10")
+        load_dataset("cifar100")
     message = one_line_error(excinfo)
-    for expected in (*DATASETS, ".npz", ".npy", "'cifar10'"):
+    for expected in (*DATASETS, ".npz", ".npy", "'cifar100'"):
         assert expected in message
 
 
@@ -288,10 +288,11 @@ def test_npy_images_are_flattened(tmp_path):
     np.save(tmp_path / "img.npy", images)
     ds = load_dataset(tmp_path / "img.npy", test_fraction=0.3)
     assert ds.image_shape == (5, 3) and ds.data_dim == 15
-    # uint8 is read as 8-bit images, scaled by 1/255 as torchvision does, and says so.
-    rows = {r.tobytes() for r in images.reshape(10, 15).astype(np.float32) / np.float32(255)}
+    # uint8 is read as 8-bit images, kept as uint8 (scaled per batch), and says so.
+    rows = {r.tobytes() for r in images.reshape(10, 15)}
+    assert ds.x_train.dtype == torch.uint8
     assert {r.tobytes() for r in torch.cat([ds.x_train, ds.x_test]).numpy()} == rows
-    assert "scaled by 1/255" in ds.read_as
+    assert "kept as uint8" in ds.read_as and "(N, H, W)" in ds.read_as
 
 
 def test_npz_x_and_y_keep_rows_and_labels_together(tmp_path):

@@ -33,6 +33,7 @@ TRAIN_OVERRIDES = {
     "binarize": "data.binarize",
     "missing_rate": "data.missing_rate",
     "program": "model.program",
+    "stream": "data.stream",
     "prior": "model.prior",
     "guide": "model.guide",
     "likelihood": "model.likelihood",
@@ -106,6 +107,9 @@ def add_train_arguments(parser):
     data.add_argument("--download", action="store_const", const=True,
                       help=_help("download", "download mnist / fashion-mnist into --data-dir "
                                              "if missing"))
+    data.add_argument("--stream", action=argparse.BooleanOptionalAction, default=None,
+                      help=_help("stream", "stream a uint8 .npy or an image folder from disk; "
+                                 "auto: when it would not fit in memory"))
     data.add_argument("--binarize", choices=list(BINARIZATIONS),
                       help=_help("binarize", "binarisation of [0, 1] data for Bernoulli-type "
                                              "likelihoods"))
@@ -197,6 +201,8 @@ def train_command(args):
 
 
 def _train(experiment, distributed):
+    from ppl_vae.parts.likelihoods import bits_per_dim
+
     if not distributed.is_main():
         experiment.run()
         return 0
@@ -212,8 +218,11 @@ def _train(experiment, distributed):
           f"on {experiment.device}; writing to {experiment.run_dir}"
           + "".join(f"; {note}" for note in notes), file=sys.stderr)
     last = experiment.run()
+    log_bin_width = getattr(experiment.program.likelihood, "log_bin_width", None)
+    bpd = ("" if log_bin_width is None else
+           f", {bits_per_dim(last['test_elbo'], dims.data_dim, log_bin_width):.3f} bits/dim")
     print(f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.3f}, "
-          f"test ELBO {last['test_elbo']:.3f} nats per example "
+          f"test ELBO {last['test_elbo']:.3f} nats per example{bpd} "
           f"(reconstruction {last['test_recon']:.3f}, KL {last['test_kl']:.3f}); "
           f"results in {experiment.run_dir}")
     return 0

@@ -2,7 +2,10 @@
 
 - :mod:`~ppl_vae.data.arrays`: the container, its seeded train/test split, binarisation;
 - :mod:`~ppl_vae.data.checks`: values against a likelihood's support, before training;
-- :mod:`~ppl_vae.data.datasets`: digits, mnist, fashion-mnist, ppca, shapes, array files;
+- :mod:`~ppl_vae.data.datasets`: digits, mnist, fashion-mnist, ppca, shapes, array files,
+  image folders; :mod:`~ppl_vae.data.standard`: cifar10, svhn, celeba64;
+- :mod:`~ppl_vae.data.images`: image layouts, 8-bit values scaled per batch, folders read
+  with Pillow; :mod:`~ppl_vae.data.stream`: training rows streamed from disk;
 - :mod:`~ppl_vae.data.shapes`, :mod:`~ppl_vae.data.ppca`: the generated data sets.
 """
 
@@ -18,6 +21,7 @@ from ppl_vae.data.datasets import (
     load_dataset,
     load_digits,
     load_fashion_mnist,
+    load_image_folder,
     load_mnist,
     load_ppca,
     read_idx,
@@ -27,5 +31,6 @@ __all__ = [
     "ARRAY_SUFFIXES", "BINARIZATIONS", "DATASETS", "DEFAULT_DATA_DIR", "IDX_DATASETS",
     "IDX_FILES", "SUPPORTS", "Binarization",
     "Dataset", "binarize", "check_data", "load_array_file", "load_dataset", "load_digits",
-    "load_fashion_mnist", "load_mnist", "load_ppca", "read_idx", "split_dataset",
+    "load_fashion_mnist", "load_image_folder", "load_mnist", "load_ppca", "read_idx",
+    "split_dataset",
 ]

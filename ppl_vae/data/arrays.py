@@ -19,11 +19,15 @@ class Dataset:
     name : str
         The name or path it was loaded from; ``load_dataset(ds.name)`` loads it again.
     x_train, x_test : torch.Tensor
-        Shapes ``(N_train, D)`` and ``(N_test, D)``, float32.
+        Shapes ``(N_train, D)`` and ``(N_test, D)``, float32, or uint8 for 8-bit images
+        (channel-major rows, scaled per batch: :mod:`ppl_vae.data.images`); ``x_train``
+        may also be rows left on disk to stream (:mod:`ppl_vae.data.stream`).
     y_train, y_test : torch.Tensor or None
         Shapes ``(N_train,)`` and ``(N_test,)``, int64 class labels; None without labels.
     image_shape : tuple of int or None
-        Shape of one example before flattening, e.g. ``(28, 28)``; None for non-image data.
+        Shape of one example before flattening: ``(H, W)`` for one channel, e.g.
+        ``(28, 28)``, or ``(C, H, W)`` for colour, e.g. ``(3, 32, 32)``; None for non-image
+        data.
     read_as : str
         How the stored values were turned into these, for the user to read (``"uint8 data
         read as 8-bit images, scaled by 1/255"``); empty where they were used as stored.
@@ -80,12 +84,13 @@ class Dataset:
         """The same data with every tensor on ``device`` (``"auto"``, ``"cpu"``, ``"cuda"``)."""
         dev = resolve_device(device)
 
-        def move(t):
-            return None if t is None else t.to(dev)
+        def move(t):  # streamed rows stay on disk: the trainer moves each minibatch
+            return None if t is None or not isinstance(t, torch.Tensor) else t.to(dev)
 
         return replace(
             self,
-            x_train=move(self.x_train),
+            x_train=move(self.x_train) if isinstance(self.x_train, torch.Tensor)
+            else self.x_train,
             x_test=move(self.x_test),
             y_train=move(self.y_train),
             y_test=move(self.y_test),

@@ -61,6 +61,8 @@ def check_data(
                         "need at least one value per example")
     if data_dim is not None and x.shape[1] != data_dim:
         raise DataError(f"{name}: expected data of shape {want}; got {_shape_text(x.shape)}")
+    if x.dtype == torch.uint8:  # 8-bit images: every value scales into [0, 1]
+        return
     if not x.is_floating_point():
         x = x.double()
     nonfinite = ~torch.isfinite(x)

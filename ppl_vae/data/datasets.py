@@ -15,15 +15,26 @@ import gzip
 import math
 import struct
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from ppl_vae.data.arrays import Dataset, split_dataset
+from ppl_vae.data.arrays import Dataset, split_dataset, split_indices
 from ppl_vae.data.checks import check_data
+from ppl_vae.data.images import (
+    RESIZE_RULE,
+    channels_first,
+    folder_geometry,
+    image_files,
+    read_folder,
+    read_layout,
+)
 from ppl_vae.data.ppca import make_ppca
 from ppl_vae.data.shapes import load_shapes
+from ppl_vae.data.standard import STANDARD_SETS, load_standard
+from ppl_vae.data.stream import FolderRows, MappedRows
 from ppl_vae.errors import DataError
 
 DEFAULT_DATA_DIR = "data"
@@ -201,6 +212,7 @@ DATASETS: dict[str, Callable[..., Dataset]] = {
     "fashion-mnist": load_fashion_mnist,
     "ppca": load_ppca,
     "shapes": load_shapes,
+    **{name: partial(load_standard, name) for name in STANDARD_SETS},
 }
 
 
@@ -227,26 +239,30 @@ def _array(arrays, key: str, where: str) -> np.ndarray:
     return a
 
 
-# uint8 is how images are stored: read as torchvision reads them, scaled to [0, 1].
-UINT8_READ_AS = "uint8 data read as 8-bit images, scaled by 1/255"
-
-
-def _features(a: np.ndarray, what: str) -> tuple[torch.Tensor, tuple[int, ...] | None, str]:
-    """(x as float32 (N, D), the shape of one example if it had several axes, how the
-    values were read)."""
+def _features(a: np.ndarray, what: str, *, lazy=False, rows=None):
+    """(x as (N, D) rows, the shape of one example if it had several axes, how the values
+    were read). uint8 stays uint8 (8-bit images, scaled per batch); other values become
+    float32, checked for NaN and inf. ``lazy`` keeps uint8 rows ``rows`` of a memory map
+    on disk (:class:`~ppl_vae.data.stream.MappedRows`)."""
     if a.ndim < 2:
         raise DataError(f"{what}: expected shape (N, D) or (N, H, W); got {a.shape}")
-    # math.prod, not -1: reshape cannot infer D when there are no rows.
-    flat = a.reshape(len(a), math.prod(a.shape[1:]))
+    image_shape, channels_last, layout = read_layout(a.shape)
+    if a.dtype == np.uint8:
+        read_as = f"uint8 data read as {layout} 8-bit images, kept as uint8, scaled per batch"
+        if lazy:
+            return MappedRows(a, np.arange(len(a)) if rows is None else rows,
+                              channels_last=channels_last), image_shape, read_as
+        # A copy: the memory map is read-only, and read whole here.
+        x = torch.from_numpy(np.array(channels_first(a, channels_last), order="C"))
+        return x, image_shape, read_as
     # Checked after the cast so that values too large for float32 show up as inf too.
     with np.errstate(over="ignore"):
-        x = np.ascontiguousarray(flat, dtype=np.float32)
-    read_as = ""
-    if a.dtype == np.uint8:
-        x, read_as = x / np.float32(255), UINT8_READ_AS
+        x = np.array(channels_first(a, channels_last), dtype=np.float32, order="C")
     x = torch.from_numpy(x)
     check_data(x, support="real", name=what)
-    return x, tuple(a.shape[1:]) if a.ndim > 2 else None, read_as
+    read_as = f"read as {layout}" if channels_last or (image_shape and len(image_shape) == 3) \
+        else ""
+    return x, image_shape, read_as
 
 
 def _labels(a: np.ndarray, n: int, what: str) -> torch.Tensor:
@@ -258,27 +274,37 @@ def _labels(a: np.ndarray, n: int, what: str) -> torch.Tensor:
     return torch.from_numpy(a.astype(np.int64))
 
 
-def load_array_file(path, *, test_fraction=0.2, seed=0) -> Dataset:
+def load_array_file(path, *, test_fraction=0.2, seed=0, lazy=False) -> Dataset:
     """A data set from a ``.npy`` or ``.npz`` file; values are used as given, except uint8
-    arrays, read as 8-bit images: scaled by 1/255 to [0, 1] (as torchvision reads them),
-    which the Dataset's ``read_as`` records.
+    arrays, read as 8-bit images: kept as uint8 and scaled to [0, 1] per batch (``x / 255``,
+    as torchvision reads them, or dequantised), which the Dataset's ``read_as`` records.
 
-    A ``.npy`` file holds ``x`` of shape ``(N, D)`` or ``(N, H, W, ...)``. A ``.npz`` file
-    holds ``x`` (and optionally labels ``y``, shape ``(N,)``), split by ``seed`` and
+    A ``.npy`` file holds ``x`` of shape ``(N, D)``, ``(N, H, W)``, ``(N, C, H, W)`` or
+    channels-last ``(N, H, W, C)`` (C = 1 or 3; ``read_as`` says which was read). A ``.npz``
+    file holds ``x`` (and optionally labels ``y``, shape ``(N,)``), split by ``seed`` and
     ``test_fraction``, or ``x_train`` and ``x_test`` (and optionally ``y_train`` and
-    ``y_test``). Examples with more than one axis are flattened and their shape kept as
-    ``image_shape``.
+    ``y_test``). Examples with more than one axis are flattened channel-major and their
+    shape kept as ``image_shape``. ``lazy``: a uint8 ``.npy`` is memory-mapped and its
+    training rows left on disk (:class:`~ppl_vae.data.stream.MappedRows`), to stream.
     """
     path = Path(path)
     where = str(path)
     if not path.is_file():
         raise DataError(f"{where}: file not found; expected a .npz or .npy file of data")
     try:
-        loaded = np.load(path, allow_pickle=False)
+        loaded = np.load(path, allow_pickle=False,
+                         mmap_mode="r" if path.suffix.lower() == ".npy" else None)
     except Exception as exc:
         raise DataError(f"{where}: cannot read as {path.suffix} ({_one_line(exc)})") from None
     if isinstance(loaded, np.ndarray):
-        x, image_shape, read_as = _features(_array(loaded, "", where), where)
+        array = _array(loaded, "", where)
+        if lazy and array.dtype == np.uint8 and array.ndim >= 2:
+            train, test = split_indices(len(array), test_fraction, seed, where)
+            x, image_shape, read_as = _features(array, where, lazy=True, rows=train.numpy())
+            return Dataset(where, x, MappedRows(array, test.numpy(),
+                                                channels_last=x.channels_last).load(),
+                           None, None, image_shape, read_as)
+        x, image_shape, read_as = _features(array, where)
         return split_dataset(where, x, None, image_shape, test_fraction, seed, read_as)
     with loaded as arrays:
         keys = set(arrays.files)
@@ -308,29 +334,59 @@ def load_array_file(path, *, test_fraction=0.2, seed=0) -> Dataset:
     )
 
 
+def load_image_folder(path, *, test_fraction=0.2, seed=0, image_size=None, lazy=False):
+    """A folder of PNG/JPEG images (see :mod:`ppl_vae.data.images`) as uint8 rows, split by
+    ``seed`` and ``test_fraction``; all images take the first one's size (or
+    ``image_size``, S or (H, W)) and colour mode. ``lazy`` leaves the training images on
+    disk (:class:`~ppl_vae.data.stream.FolderRows`), read a minibatch at a time."""
+    where = str(path)
+    if not lazy:
+        x, y, image_shape, note = read_folder(path, image_size)
+        return split_dataset(where, x, y, image_shape, test_fraction, seed, note)
+    files, labels, classes = image_files(path)
+    mode, size = folder_geometry(files, image_size)
+    train, test = split_indices(len(files), test_fraction, seed, where)
+    x_train = FolderRows([files[i] for i in train], mode, size)
+    x_test = FolderRows([files[i] for i in test], mode, size).load()
+    y = None if labels is None else torch.from_numpy(labels)
+    channels = 1 if mode == "L" else 3
+    return Dataset(where, x_train, x_test, None if y is None else y[train],
+                   None if y is None else y[test],
+                   tuple(size) if channels == 1 else (3, *size),
+                   f"{len(files)} images streamed as uint8 (N, {channels}, {size[0]}, "
+                   f"{size[1]}), other sizes " + RESIZE_RULE.format(h=size[0], w=size[1]))
+
+
 def load_dataset(
-    name_or_path: str, *, data_dir=None, download=False, test_fraction=0.2, seed=0
+    name_or_path: str, *, data_dir=None, download=False, test_fraction=0.2, seed=0,
+    lazy=False, image_size=None,
 ) -> Dataset:
-    """Load a built-in data set by name, or a ``.npz``/``.npy`` file by path.
+    """Load a built-in data set by name, a ``.npz``/``.npy`` file or an image folder by path.
 
     Parameters
     ----------
     name_or_path : str or Path
         A key of :data:`DATASETS` (``"digits"``, ``"mnist"``, ``"fashion-mnist"``,
-        ``"ppca"``) or a path ending in ``.npz`` or ``.npy``.
+        ``"ppca"``, ``"shapes"``, ``"cifar10"``, ``"svhn"``, ``"celeba64"``), a path ending
+        in ``.npz`` or ``.npy``, or a folder of images.
     data_dir : str or Path, optional
-        Where MNIST-family files live (torchvision's layout); default ``"data"``.
+        Where the standard sets' files live (torchvision's layout); default ``"data"``.
     download : bool
-        Fetch missing MNIST-family files through torchvision.
+        Fetch missing standard files through torchvision.
     test_fraction : float
         Share of examples held out where a data set has no official split.
     seed : int
         Seed of that split (and of the ``ppca`` parameters and data).
+    lazy : bool
+        Leave a uint8 ``.npy`` file's or an image folder's training rows on disk, to be
+        streamed (:mod:`ppl_vae.data.stream`); the test set is read.
+    image_size : int or (int, int), optional
+        The size images of a folder are brought to (default: the first image's).
 
     Returns
     -------
     Dataset
-        float32 tensors on the CPU.
+        Tensors on the CPU: float32, or uint8 for 8-bit images.
     """
     key = str(name_or_path)
     if key.lower() in DATASETS:
@@ -338,8 +394,11 @@ def load_dataset(
             data_dir=data_dir, download=download, test_fraction=test_fraction, seed=seed
         )
     if Path(key).suffix.lower() in ARRAY_SUFFIXES:
-        return load_array_file(key, test_fraction=test_fraction, seed=seed)
+        return load_array_file(key, test_fraction=test_fraction, seed=seed, lazy=lazy)
+    if Path(key).is_dir():
+        return load_image_folder(key, test_fraction=test_fraction, seed=seed,
+                                 image_size=image_size, lazy=lazy)
     raise DataError(
-        f"unknown data set {key!r}: use one of {', '.join(DATASETS)}, or a path to a file "
-        f"ending in {' or '.join(ARRAY_SUFFIXES)}"
+        f"unknown data set {key!r}: use one of {', '.join(DATASETS)}, a path to a file "
+        f"ending in {' or '.join(ARRAY_SUFFIXES)}, or a folder of images"
     )

@@ -377,7 +377,7 @@ def latent_traversals(decode, z0, image_shape, *, values=None, dims=None):
     z0 : torch.Tensor
         Shape ``(L,)``: the code the sweeps start from, e.g. a posterior mean or zeros.
     image_shape : tuple of int
-        ``(H, W)``.
+        ``(H, W)``, or ``(C, H, W)`` for colour.
     values : torch.Tensor, optional
         Shape ``(V,)``: the values each code takes in turn; default ``linspace(-3, 3, 9)``,
         three prior standard deviations either side.
@@ -390,7 +390,7 @@ def latent_traversals(decode, z0, image_shape, *, values=None, dims=None):
         One row per swept code, labelled ``z[j]``, one column per value.
     """
     # Imported here so that the metrics need no matplotlib.
-    from ppl_vae.evaluation.plots import image_grid
+    from ppl_vae.evaluation.plots import image_grid, image_sides
 
     z0 = torch.as_tensor(z0).detach()
     values = torch.linspace(-3, 3, 9) if values is None else torch.as_tensor(values)
@@ -402,10 +402,9 @@ def latent_traversals(decode, z0, image_shape, *, values=None, dims=None):
     images = decode(codes.flatten(0, 1))
     fig = image_grid(images, image_shape, ncols=len(values), title="latent traversals")
     ax = fig.axes[0]
-    height = image_shape[0]
+    _, height, width = image_sides(image_shape)
     for row, dim in enumerate(dims):
         ax.text(-1, row * (height + 1) + (height - 1) / 2, f"z[{dim}]", ha="right", va="center")
-    width = image_shape[1]
     for col, value in enumerate(values.tolist()):
         centre = col * (width + 1) + (width - 1) / 2
         ax.text(centre, len(dims) * (height + 1) - 0.5, f"{value:g}", ha="center", va="top")

@@ -9,24 +9,38 @@ import math
 import matplotlib.pyplot as plt
 import torch
 
+from ppl_vae.data.images import to_unit
+
 # Distinct colours for up to 20 classes (tab10, then tab20's lighter halves).
 CLASS_COLOURS = [*plt.get_cmap("tab10").colors, *plt.get_cmap("tab20").colors[1::2]]
 
 
+def image_sides(image_shape):
+    """(C, H, W) of ``(H, W)`` (one channel) or ``(C, H, W)``."""
+    return (1, *image_shape) if len(image_shape) == 2 else tuple(image_shape)
+
+
 def image_grid(images, image_shape, *, ncols=10, title=None, ax=None):
-    """Show rows of flat images (N, H*W) as one grid image."""
-    images = torch.as_tensor(images).detach().float().cpu().clamp(0, 1)
+    """Show rows of flat images (N, C*H*W), channel-major, as one grid image: grey levels
+    for one channel (dark on light, as digits are drawn), colour for three. uint8 rows are
+    read as 8-bit values."""
+    images = torch.as_tensor(images).detach().cpu()
+    images = (images.float() / 255 if images.dtype == torch.uint8 else images.float()).clamp(0, 1)
     n = images.shape[0]
     nrows = math.ceil(n / ncols)
-    h, w = image_shape
-    canvas = torch.full((nrows * (h + 1) - 1, ncols * (w + 1) - 1), 0.2)  # light grey gaps
+    c, h, w = image_sides(image_shape)
+    canvas = torch.full((nrows * (h + 1) - 1, ncols * (w + 1) - 1, c), 0.2)  # grey gaps
     for i in range(n):
-        r, c = divmod(i, ncols)
-        top, left = r * (h + 1), c * (w + 1)
-        canvas[top : top + h, left : left + w] = images[i].reshape(h, w)
+        r, col = divmod(i, ncols)
+        top, left = r * (h + 1), col * (w + 1)
+        canvas[top : top + h, left : left + w] = images[i].reshape(c, h, w).permute(1, 2, 0)
     if ax is None:
         _, ax = plt.subplots(figsize=(ncols * 0.6, nrows * 0.6 + 0.4))
-    ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    if c == 1:
+        ax.imshow(canvas[..., 0].numpy(), cmap="gray_r", vmin=0, vmax=1,
+                  interpolation="nearest")
+    else:
+        ax.imshow(canvas.numpy(), interpolation="nearest")
     ax.set_axis_off()
     if title:
         ax.set_title(title)
@@ -64,7 +78,7 @@ def class_samples(vae, image_shape, *, num_per_class=10, class_names=None, ax=No
     fig = image_grid(images, image_shape, ncols=num_per_class, ax=ax,
                      title="means of p(x | z, y), z ~ p(z): one row per class y")
     ax = fig.axes[0] if ax is None else ax
-    h = image_shape[0]
+    h = image_sides(image_shape)[1]
     names = class_names or [str(c) for c in range(num_classes)]
     ax.set_axis_on()
     ax.set_xticks([])
@@ -141,10 +155,11 @@ def save_run_figures(vae, data, metrics, run_dir):
     """Write the standard figures of a run into ``run_dir``; returns their paths."""
     vae.eval()
     y_test = data.y_test if vae.conditional else None
+    x_test = to_unit(data.x_test)  # 8-bit images as values in [0, 1]
     figures = {"elbo.png": elbo_curves(metrics),
-               "latent.png": latent_space(vae, data.x_test, data.y_test, y=y_test)}
+               "latent.png": latent_space(vae, x_test, data.y_test, y=y_test)}
     if data.image_shape is not None:
-        figures["reconstructions.png"] = reconstructions(vae, data.x_test, data.image_shape,
+        figures["reconstructions.png"] = reconstructions(vae, x_test, data.image_shape,
                                                          y=y_test)
         figures["samples.png"] = (class_samples(vae, data.image_shape) if vae.conditional
                                   else prior_samples(vae, data.image_shape))

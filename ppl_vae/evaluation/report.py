@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ppl_vae.data import binarize
+from ppl_vae.data.images import to_unit
 from ppl_vae.errors import ConfigError
 from ppl_vae.evaluation import tables
 from ppl_vae.evaluation.generic import evaluate_program
@@ -28,6 +29,7 @@ from ppl_vae.evaluation.likelihood import (
     inference_gaps,
     log_likelihood,
 )
+from ppl_vae.parts.likelihoods import bits_per_dim
 from ppl_vae.registry import label
 from ppl_vae.vae import VAE
 
@@ -43,6 +45,7 @@ COLUMNS = [
     ("test_kl", "KL", 2),
     ("log_px", "log p(x)", 2),
     ("log_px_se", "± s.e.", 2),
+    ("bits_per_dim", "bits/dim", 3),  # of log p(x), for the image likelihoods
     ("num_samples", "K", None),
     ("active_units", "active units", None),
     ("approximation_gap", "approx. gap", 2),
@@ -159,8 +162,9 @@ def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, de
 
     run = load_run(run_dir, device=device)
     data = run.data
-    x_train = data.x_train[:gap_points]
-    if run.trainer.transform is not None:  # binarised per minibatch in training: once here
+    x_train = to_unit(data.x_train[:gap_points]).to(data.x_test.device)  # 8-bit as floats
+    # binarised per minibatch in training (the step after scaling 8-bit data): once here
+    if getattr(run.trainer.transform, "then", run.trainer.transform) is not None:
         seed = run.config["train"]["seed"]
         x_train = binarize(x_train, torch.Generator(device=x_train.device).manual_seed(seed + 2))
     y_train = None if data.y_train is None else data.y_train[:gap_points]
@@ -176,6 +180,9 @@ def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, de
                           "with --estimator is (the default)")
     else:  # a program of your own: the generic path (ELBO and log p(x) only)
         row.update(_evaluate_program(run.program, data, num_samples, progress))
+    log_bin_width = getattr(getattr(run.program, "likelihood", None), "log_bin_width", None)
+    if log_bin_width is not None:  # beside the nats: the image likelihoods' unit
+        row["bits_per_dim"] = bits_per_dim(row["log_px"], run.dims.data_dim, log_bin_width)
     row["test_set"] = hashlib.sha1(data.x_test.cpu().numpy().tobytes()).hexdigest()[:16]
     run_dir, suffix = Path(run_dir), "" if ais is None else "_ais"
     paths = write_table([row], run_dir / f"eval{suffix}.md", run_dir / f"eval{suffix}.csv")

@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from ppl_vae import distributed
+from ppl_vae.data.stream import minibatches
 from ppl_vae.errors import CheckpointError, ConfigError, TrainingDiverged
 from ppl_vae.inference.jit import quiet_jit
 from ppl_vae.inference.penalties import auxiliary
@@ -51,7 +52,9 @@ class Trainer:
         Over ``program``'s parameters (and nothing else).
     data : ppl_vae.data.Dataset
         On the training device, test set already binarised where the likelihood needs it;
-        labels only for a conditional program.
+        labels only for a conditional program. ``x_train`` may be uint8 (8-bit images,
+        scaled by ``transform``) or rows streamed from disk (:mod:`ppl_vae.data.stream`):
+        both are cut into the same minibatches.
     batch_size, epochs, seed : int
     schedule : KLSchedule, optional
         The KL weight of each step (constant beta = the program's own by default).
@@ -79,7 +82,7 @@ class Trainer:
         self.schedule = schedule or KLSchedule()
         self.transform, self.evaluate_fn, self.eval_every = transform, evaluate, eval_every
         self.run_folder, self.jit, self.progress = run, compile, progress
-        self.device = data.x_train.device
+        self.device = data.x_test.device  # x_train may be rows streamed from disk
         # What a penalized objective trains or reports besides the program (FactorVAE's
         # discriminator, the total-correlation terms); nothing for a plain ELBO.
         self.auxiliary = auxiliary(objective).to(self.device)
@@ -181,7 +184,8 @@ class Trainer:
             beta = self.schedule.betas(0, 1, self.device)[0] if self.schedule.annealed else None
             try:
                 with quiet_jit():  # torch.jit.trace's deprecation warning
-                    loss(self.data.x_train[idx], y, idx, beta)
+                    x = self.data.x_train[idx].to(self.device)
+                    loss(x if self.transform is None else self.transform(x), y, idx, beta)
             except RuntimeError as err:  # torch.jit's way of refusing a part
                 first = str(err).strip().splitlines()[0]
                 raise ConfigError(f"this model cannot be JIT-compiled ({first}); train it "
@@ -210,10 +214,13 @@ class Trainer:
         return -float(total) / num_steps / n
 
     def _batches(self, order, betas):
-        x_train, y_train = self.data.x_train, self.data.y_train
-        for i, start in enumerate(range(0, order.shape[0], self.batch_size)):
-            idx = distributed.shard(order[start : start + self.batch_size])
-            x = x_train[idx] if self.transform is None else self.transform(x_train[idx])
+        # In memory or streamed from disk (ppl_vae.data.stream), the same index lists.
+        y_train = self.data.y_train
+        indices = [distributed.shard(order[start : start + self.batch_size])
+                   for start in range(0, order.shape[0], self.batch_size)]
+        rows = minibatches(self.data.x_train, indices, self.device)
+        for i, (idx, x) in enumerate(zip(indices, rows, strict=True)):
+            x = x if self.transform is None else self.transform(x)
             y = None if y_train is None else y_train[idx]
             yield (x, y, idx, None if betas is None else betas[i]), {}
 

@@ -5,6 +5,8 @@
     ppl-vae bench parts         # each part of a step the trainer speeds up, vs its usual form
     ppl-vae bench gmm           # EM: ours vs scikit-learn, time and log-likelihood
     ppl-vae bench gmm-memory    # peak memory added by fitting 2,000,000 x 8, K=16
+    ppl-vae bench images        # conv VAE on 32x32x3 uint8 images: images/s vs plain PyTorch
+    ppl-vae bench images-memory # streaming a >= 4 GB uint8 .npy: peak RssAnon, images/s
     ppl-vae bench all           # every benchmark
     ppl-vae bench svi --quick   # tiny sizes (a smoke test)
 
@@ -19,6 +21,7 @@ import json
 
 from ppl_vae.commands.bench._core import BENCHMARKS, benchmark
 from ppl_vae.commands.bench.gmm import bench_gmm, bench_gmm_memory, measure_memory
+from ppl_vae.commands.bench.images import bench_images, bench_images_memory
 from ppl_vae.commands.bench.vae import (
     SVI_VARIANTS,
     bench_eval,
@@ -32,6 +35,7 @@ from ppl_vae.commands.common import OneLineParser, add_shared_arguments, bounded
 
 # Importing the modules registers their benchmarks; the names are reachable from here.
 __all__ = ["BENCHMARKS", "SVI_VARIANTS", "bench_eval", "bench_gmm", "bench_gmm_memory",
+           "bench_images", "bench_images_memory",
            "bench_parts", "bench_svi", "benchmark", "build_parser", "main", "measure_memory",
            "per_point_log_likelihood", "plain_torch_loss", "pyro_log_likelihood"]
 
