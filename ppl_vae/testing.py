@@ -321,7 +321,7 @@ def _in_vae(make_vae):
     def round_trip(cls, options, dims):
         x = data_for(make_vae(cls, options, dims).likelihood.support, n=6, dims=dims)
         check_round_trip(lambda: make_vae(cls, options, dims),
-                         lambda vae: torch.stack(vae(x, torch.randn(2, 6, dims.latent_dim))))
+                         lambda vae: torch.stack(vae(x, vae.prior().sample((2, 6)))))
 
     return [("sites agree", sites), ("gradients", gradients), ("SVI lowers the loss", trains),
             ("state dict round trip", round_trip)]
@@ -360,8 +360,20 @@ def _check_likelihood_density(cls, options, dims):
            "log p(x | z) of data in its support is not finite")
 
 
+LEVEL_DIMS = Dims(data_dim=2, latent_dim=3, num_data=40)  # 256^2 points to sum over
+
+
 @torch.no_grad()
 def _check_likelihood_normalised(cls, options, dims):
+    if getattr(cls, "log_bin_width", None) == 0.0:  # discrete over the 256 levels of x * 255
+        likelihood = _likelihood(cls, options, LEVEL_DIMS)
+        d = likelihood(torch.randn(2, likelihood.num_outputs))
+        levels = torch.arange(256.0) / 255
+        grid = torch.cartesian_prod(levels, levels)
+        total = d.log_prob(grid[:, None, :]).double().logsumexp(0).exp()
+        expect(torch.allclose(total, torch.ones(2, dtype=total.dtype), atol=1e-4),
+               f"p(x | z) sums to {_show(total)} over the 256 levels of 2 dimensions")
+        return
     likelihood = _likelihood(cls, options, SMALL_DIMS)
     d = likelihood(torch.randn(2, likelihood.num_outputs))
     if d.support.is_discrete:

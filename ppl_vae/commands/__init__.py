@@ -218,7 +218,8 @@ def _train(experiment, distributed):
           f"on {experiment.device}; writing to {experiment.run_dir}"
           + "".join(f"; {note}" for note in notes), file=sys.stderr)
     last = experiment.run()
-    log_bin_width = getattr(experiment.program.likelihood, "log_bin_width", None)
+    log_bin_width = getattr(getattr(experiment.program, "likelihood", None), "log_bin_width",
+                            None)
     bpd = ("" if log_bin_width is None else
            f", {bits_per_dim(last['test_elbo'], dims.data_dim, log_bin_width):.3f} bits/dim")
     print(f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.3f}, "

@@ -67,8 +67,11 @@ def main(argv=None):
     run = load_run(args.run_dir, device=args.device)
     x, x_train = (t.float() / 255 if t.dtype == torch.uint8 else t.float()
                   for t in (run.data.x_test, run.data.x_train))
-    if run.program.conditional:
-        raise ConfigError("impute handles plain VAEs; this run is conditional")
+    from ppl_vae.vae import VAE
+
+    if not isinstance(run.program, VAE) or run.program.conditional:
+        raise ConfigError("impute handles the built-in, unconditional VAE; this run is a "
+                          "program of your own or conditional")
     observed = observed_mask(args, x, run.dims.image_shape)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     rows = impute.compare_imputers(run.program, x_train, x, observed,
