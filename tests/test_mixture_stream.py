@@ -88,8 +88,13 @@ def test_stepwise_em_blends_scaled_batch_statistics_with_rho():
     # Step 0 has no running statistics before it (a user-given start): its own are kept.
     nk = (1 - rho) * resp_a.sum(0) * 1000 / 300 + rho * resp_b.sum(0) * 1000 / 500
     sx = ((1 - rho) * resp_a.T @ a * 1000 / 300 + rho * resp_b.T @ b * 1000 / 500)
+    second = ((1 - rho) * np.einsum("nk,nd,ne->kde", resp_a, a, a) * 1000 / 300
+              + rho * np.einsum("nk,nd,ne->kde", resp_b, b, b) * 1000 / 500)
+    means = sx / nk[:, None]
+    covariances = second / nk[:, None, None] - means[:, :, None] * means[:, None, :]
     np.testing.assert_allclose(model.weights_, nk / nk.sum(), rtol=1e-9)
-    np.testing.assert_allclose(model.means_, sx / nk[:, None], rtol=1e-9)
+    np.testing.assert_allclose(model.means_, means, rtol=1e-9)
+    np.testing.assert_allclose(model.covariances_, covariances + 1e-6 * np.eye(3), rtol=1e-8)
 
 
 def test_svi_step_is_a_natural_gradient_step_on_the_global_factors():
