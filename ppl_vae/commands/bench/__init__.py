@@ -5,6 +5,7 @@
     ppl-vae bench parts         # each part of a step the trainer speeds up, vs its usual form
     ppl-vae bench gmm           # EM: ours vs scikit-learn, time and log-likelihood
     ppl-vae bench gmm-memory    # peak memory added by fitting 2,000,000 x 8, K=16
+    ppl-vae bench gmm-stream    # out of core: a memory-mapped --rows x 16 file, peak RssAnon
     ppl-vae bench all           # every benchmark
     ppl-vae bench svi --quick   # tiny sizes (a smoke test)
 
@@ -18,7 +19,12 @@ their ratio. A benchmark is a function ``(args) -> dict`` registered in
 import json
 
 from ppl_vae.commands.bench._core import BENCHMARKS, benchmark
-from ppl_vae.commands.bench.gmm import bench_gmm, bench_gmm_memory, measure_memory
+from ppl_vae.commands.bench.gmm import (
+    bench_gmm,
+    bench_gmm_memory,
+    bench_gmm_stream,
+    measure_memory,
+)
 from ppl_vae.commands.bench.vae import (
     SVI_VARIANTS,
     bench_eval,
@@ -32,8 +38,8 @@ from ppl_vae.commands.common import OneLineParser, add_shared_arguments, bounded
 
 # Importing the modules registers their benchmarks; the names are reachable from here.
 __all__ = ["BENCHMARKS", "SVI_VARIANTS", "bench_eval", "bench_gmm", "bench_gmm_memory",
-           "bench_parts", "bench_svi", "benchmark", "build_parser", "main", "measure_memory",
-           "per_point_log_likelihood", "plain_torch_loss", "pyro_log_likelihood"]
+           "bench_gmm_stream", "bench_parts", "bench_svi", "benchmark", "build_parser", "main",
+           "measure_memory", "per_point_log_likelihood", "plain_torch_loss", "pyro_log_likelihood"]
 
 # ------------------------------------------------------------------------------ command
 
@@ -54,6 +60,10 @@ def build_parser(prog=None):
                              "for both libraries)")
     parser.add_argument("--skip-sklearn-memory", action="store_true",
                         help="gmm-memory: measure ours only")
+    parser.add_argument("--rows", type=bounded_int(1000),
+                        help="gmm-stream: rows of the memory-mapped file (default 10,000,000)")
+    parser.add_argument("--scratch", help="gmm-stream: folder for the temporary files "
+                                          "(default: the system's temporary folder)")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     return parser
 
