@@ -207,3 +207,21 @@ def test_svi_partial_fit_on_cuda_from_a_cpu_batch():
         cpu.partial_fit(X[s:s + 500])
         gpu.partial_fit(X[s:s + 500])
     np.testing.assert_allclose(gpu.means_, cpu.means_, rtol=1e-7, atol=1e-9)
+
+
+def test_gmm_command_fits_in_mini_batches(tmp_path):
+    import json
+
+    from ppl_vae import commands
+    from ppl_vae.data.points import load_points
+
+    out = tmp_path / "run"
+    code = commands.main(["gmm", "--method", "em", "--batch-size", "60", "--max-iter", "3",
+                          "--quick", "--quiet", "--seed", "1", "--out", str(out)])
+    assert code == 0
+    result = json.loads((out / "result.json").read_text())
+    data = load_points("blobs", seed=1, quick=True)
+    model = _quiet_fit(GaussianMixture(3, random_state=1, batch_size=60, max_iter=3,
+                                       device="cpu"), data.x_train)
+    np.testing.assert_allclose(result["means"], model.means_, rtol=1e-6)
+    assert result["objective"]["history"] == pytest.approx(model.lower_bounds_)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import Interval
 
+from ppl_vae.errors import ConfigError
 from ppl_vae.mixture import _init
 from ppl_vae.mixture._base import BaseMixture, FitContext, Statistics
 from ppl_vae.mixture._data import ChunkedData, check_n_samples
@@ -125,7 +126,7 @@ class StreamingMixture(BaseMixture):
         """
         stream = getattr(self, "_stream", None)
         if stream is None:
-            ctx = self._context(open_array(X), resident=False)
+            ctx = self._stream_context(open_array(X))
             self._prepare(ctx)
             n_ref = self._reference_rows(ctx.n_samples, self.total_samples)
             generator = torch.Generator().manual_seed(_init.seed_from(self.random_state))
@@ -134,6 +135,13 @@ class StreamingMixture(BaseMixture):
         self._stream = stream
         self._finish(stream, stream.history, False, stream.steps)
         return self
+
+    def _stream_context(self, X):
+        ctx = self._context(X, resident=False)
+        if ctx.data.shard:
+            raise ConfigError("mini-batch fitting (batch_size, partial_fit) is not supported "
+                              "under torch.distributed; fit in one process")
+        return ctx
 
     def _reference_rows(self, n_batch, total):
         """Rows the batch statistics are scaled to (EM: any scale will do)."""
@@ -182,7 +190,7 @@ class StreamingMixture(BaseMixture):
     # ------------------------------------------------------------------ the loop
 
     def _fit_stream(self, X):
-        ctx = self._context(X, resident=False)
+        ctx = self._stream_context(X)
         self._prepare(ctx)
         n = ctx.n_samples
         size = min(int(self.batch_size), n)
