@@ -39,6 +39,10 @@ from ppl_vae.mixture._base import BaseMixture, FitContext, Statistics
 from ppl_vae.mixture._data import ChunkedData, check_n_samples
 from ppl_vae.mixture._params import POSITIVE_INT
 
+# fit(X) with batch_size computes its start (k-means or init_params) on the first
+# max(batch_size, INIT_ROWS) rows: a start from one small batch can leave components empty.
+INIT_ROWS = 2**16
+
 STREAM_PARAMETERS = {
     "batch_size": [POSITIVE_INT, None],
     "learning_decay": [Interval(Real, 0, 1, closed="both")],
@@ -104,7 +108,8 @@ class StreamingMixture(BaseMixture):
 
         With ``batch_size`` set, X may also be a path to a ``.npy`` file (memory-mapped),
         and ``max_iter`` counts passes over the data in mini-batches of that many rows
-        (contiguous blocks, visited in a random order each pass). ``lower_bounds_`` then
+        (contiguous blocks, visited in a random order each pass); the start is computed
+        on the first max(batch_size, 65,536) rows. ``lower_bounds_`` then
         holds one value per pass: the batches' objectives during the pass, each under
         the parameters it was computed with, averaged over the rows.
         """
@@ -195,8 +200,9 @@ class StreamingMixture(BaseMixture):
         n = ctx.n_samples
         size = min(int(self.batch_size), n)
         seed = _init.seed_from(self.random_state)
-        init_ctx = ctx if size == n else self._batch_context(ctx, X[:size])
-        check_n_samples(init_ctx.n_samples, ctx.n_components, "the first batch")
+        head = min(n, max(size, INIT_ROWS))
+        init_ctx = ctx if head == n else self._batch_context(ctx, X[:head])
+        check_n_samples(init_ctx.n_samples, ctx.n_components, "the first rows")
         stream = self._start(ctx, init_ctx, float(n), torch.Generator().manual_seed(seed))
         order = np.random.default_rng(seed)
         starts = np.arange(0, n, size)
