@@ -112,7 +112,8 @@ class PomegranateFit:
 
         weights, means, covs = (torch.as_tensor(a, dtype=torch.float32) for a in self.start)
         if self.cov_type == "sphere":
-            covs = covs[:, None]  # pomegranate's spherical variance has shape (1,)
+            # pomegranate checks that a spherical variance has the means' shape.
+            covs = covs[:, None].expand(-1, means.shape[1]).contiguous()
         parts = [Normal(means=m, covs=c, covariance_type=self.cov_type)
                  for m, c in zip(means, covs, strict=True)]
         # tol=-inf: exactly `iters` iterations, like tol=0 in the others.
