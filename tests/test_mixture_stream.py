@@ -55,7 +55,8 @@ def test_svi_step_with_rho_one_on_all_data_is_one_cavi_iteration(cov):
                                              batch_size=len(X), **RHO_ONE, **EXACT), X)
     _same(cavi, svi, ATTRIBUTES + ("mean_precision_", "degrees_of_freedom_"))
     np.testing.assert_array_equal(cavi.weight_concentration_, svi.weight_concentration_)
-    assert svi.lower_bound_ == cavi.lower_bound_
+    # SVI records the ELBO at the factors before the step; CAVI's step can only raise it.
+    assert svi.lower_bound_ < cavi.lower_bound_
 
 
 def test_partial_fit_on_all_data_continues_like_batch_em():

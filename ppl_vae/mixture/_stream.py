@@ -110,8 +110,9 @@ class StreamingMixture(BaseMixture):
         and ``max_iter`` counts passes over the data in mini-batches of that many rows
         (contiguous blocks, visited in a random order each pass); the start is computed
         on the first max(batch_size, 65,536) rows. ``lower_bounds_`` then
-        holds one value per pass: the batches' objectives during the pass, each under
-        the parameters it was computed with, averaged over the rows.
+        holds one value per pass: the batches' estimates of the objective during the
+        pass, each under the parameters before its step (as batch EM records the
+        log-likelihood at the start of each iteration), averaged over the rows.
         """
         self.__dict__.pop("_stream", None)
         if self.batch_size is None:
@@ -172,7 +173,8 @@ class StreamingMixture(BaseMixture):
         return FitContext(data, ctx.cov, ctx.n_components, ctx.n_restarts, moments, offset)
 
     def _step(self, stream, X):
-        """One mini-batch step; returns the batch's objective, shape (R,), on the CPU."""
+        """One mini-batch step; returns the batch's estimate of the objective under the
+        parameters before the step, shape (R,), on the CPU."""
         ctx = stream.ctx if X is stream.ctx.data else self._batch_context(stream.ctx, X)
         stats = self._e_step(ctx, stream.params)
         scale = stream.n_ref / ctx.n_samples
@@ -183,12 +185,15 @@ class StreamingMixture(BaseMixture):
         # Moments enter the M-step only for tied covariances (the pooled scatter); the
         # other types use them only to re-seed an empty component, from this batch.
         m_ctx = ctx if ctx.cov.per_component else replace(ctx, moments=stream.moments)
-        new = self._m_step(stream.stats, stream.params, m_ctx)
-        stream.params, stream.steps = new, stream.steps + 1
-        return self._step_objective(stats, new, ctx, scale).cpu()
+        value = self._step_objective(stats, stream.params, ctx, scale).cpu()
+        stream.params = self._m_step(stream.stats, stream.params, m_ctx)
+        stream.steps += 1
+        return value
 
     def _step_objective(self, stats, params, ctx, scale):
-        """The objective estimated from one batch, in the units of ``lower_bound_``."""
+        """The objective at ``params`` (those the batch's E-step used) estimated from one
+        batch, in the units of ``lower_bound_``: unbiased for the full data's, unlike one
+        taken after the update, which the batch itself has just pulled up."""
         return self._lower_bound(_scaled(stats, scale), params,
                                  replace(ctx, moments=ctx.moments * scale))
 
