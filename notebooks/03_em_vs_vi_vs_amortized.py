@@ -220,6 +220,41 @@ for method in ("em", "cavi"):
     print(f"{fits[method].label}: {len(history)} iterations, {drops} decrease(s)")
 
 # %% [markdown]
+# ### Against passes through the data: natural gradients and Adam
+#
+# The same curves on one axis each, against the number of passes through the training set
+# (log scale). An iteration of EM or CAVI reads every point once. Stepwise EM and SVI
+# (`em-stepwise`, `svi`: `GaussianMixture` and `BayesianGaussianMixture` with `batch_size`)
+# update the same sufficient statistics after every batch of 100 points, with step
+# $\rho_t = (t + 1)^{-0.7}$; for the conjugate model this is a *natural-gradient* step on the
+# global factors $q(\pi)$, $q(\mu_k, \Lambda_k)$ (Hoffman et al. 2013), and their curves show
+# the mean of the batch estimates during each pass. Pyro's SVI on the mixture program takes
+# Adam steps on the parameters of an AutoNormal guide, one pass per step; its priors differ a
+# little from the conjugate model's, so its ELBO is of a nearby model. A VAE step reads one
+# batch. The printout gives the passes each stochastic method needed to come within 0.1% of
+# its batch counterpart's final objective.
+
+# %%
+compare.plot_passes(fits)
+plt.show()
+
+
+def passes_to_reach(fit, goal):
+    passes = np.arange(1, len(fit.history) + 1) * fit.passes_per_entry
+    reached = np.nonzero(fit.history >= goal)[0]
+    return passes[reached[0]] if len(reached) else None
+
+
+for method, batch in (("em-stepwise", "em"), ("svi", "cavi"), ("pyro-meanfield", "cavi")):
+    final = fits[batch].history[-1]
+    needed = passes_to_reach(fits[method], final - 1e-3 * abs(final))
+    print(f"{fits[method].label}: "
+          + (f"within 0.1% of {fits[batch].label}'s final objective after {needed:g} passes"
+             if needed is not None else f"not within 0.1% of {fits[batch].label}'s final "
+             f"objective in {len(fits[method].history) * fits[method].passes_per_entry:g} "
+             "passes"))
+
+# %% [markdown]
 # ### The fitted mixtures
 #
 # Each mixture's components over the training points, in the plane of the data's first two

@@ -42,12 +42,13 @@ def test_quick_run_writes_one_table_and_scores_em_exactly(tmp_path, capsys):
     status = commands.main(["compare", "--quick", "--data", "blobs", "--out", str(out)])
     assert status == 0
     for name in ("compare.md", "compare.csv", "posterior_summary.csv", "forest.png",
-                 "objectives.png", "ellipses.png"):
+                 "objectives.png", "passes.png", "ellipses.png"):
         assert (out / name).is_file(), name
     header, rows = _read_csv(out / "compare.csv")
     assert header == [key for key, _, _ in compare.COLUMNS]
     assert [row["method"] for row in rows] == [
-        "EM", "CAVI", "Pyro SVI, MAP", "Pyro SVI, mean-field", "NUTS",
+        "EM", "CAVI", "stepwise EM, batches of 100", "SVI natural gradient, batches of 100",
+        "Pyro SVI, MAP", "Pyro SVI, mean-field", "NUTS",
         "VAE, MoG prior, linear decoder", "VAE, MoG prior, MLP decoder 64-64"]
     assert {row["device"] for row in rows} == {"cpu"}
     for row in rows:
@@ -67,6 +68,32 @@ def test_quick_run_writes_one_table_and_scores_em_exactly(tmp_path, capsys):
     sk.weights_, sk.means_, sk.covariances_ = em.weights_, em.means_, em.covariances_
     sk.precisions_cholesky_ = em.precisions_cholesky_
     assert float(em_row["test_loglik"]) == pytest.approx(sk.score(data.x_test), abs=1e-4)
+
+
+def test_stepwise_em_and_svi_rows_reach_em_and_cavi_on_the_blobs():
+    data = compare.load_data("blobs")
+    fits = compare.run_comparison(data, compare.Settings(stream_passes=10),
+                                  ["em", "cavi", "em-stepwise", "svi"])
+    assert abs(fits["em-stepwise"].test_loglik - fits["em"].test_loglik) < 0.01
+    cavi, svi = fits["cavi"].objective, fits["svi"].objective
+    assert abs(svi - cavi) < 1e-3 * abs(cavi)
+    # The SVI row's objective is the ELBO of its final factors on all training points.
+    x = data.x_train
+    assert svi == pytest.approx(fits["svi"].model.objective(x) / len(x), rel=1e-12)
+    assert len(fits["svi"].history) == fits["svi"].model.n_iter_
+
+    figure = compare.plot_passes(fits)
+    likelihood, variational = ({line.get_label() for line in ax.get_lines()}
+                               for ax in figure.axes[:2])
+    assert likelihood == {"EM", "stepwise EM, batches of 100"}
+    assert variational == {"CAVI", "SVI natural gradient, batches of 100"}
+
+
+def test_a_vae_step_counts_as_a_batch_of_a_pass():
+    data = compare.load_data("blobs", quick=True)
+    settings = compare.Settings.quick(components=3, vae_batch=60)
+    fit = compare.run_comparison(data, settings, ["vae-linear"])["vae-linear"]
+    assert fit.passes_per_entry == pytest.approx(60 / len(data.x_train))
 
 
 def test_digits_are_whitened_principal_components_of_the_project_split():

@@ -34,6 +34,8 @@ def build_parser(prog="ppl-vae compare"):
     default = compare.Settings()
     for flag, help_text in (("svi-steps", "SVI steps of the Pyro mixtures"),
                             ("nuts-points", "training points NUTS sees"),
+                            ("stream-batch", "rows per step of em-stepwise and svi"),
+                            ("stream-passes", "passes of em-stepwise and svi"),
                             ("nuts-draws", "NUTS draws (and warm-up steps)"),
                             ("vae-steps", "SVI steps of each VAE"),
                             ("num-samples", "K of the VAEs' importance-sampled log p(x)")):
@@ -50,7 +52,8 @@ def build_parser(prog="ppl-vae compare"):
 def settings_from_args(args):
     changes = {"components": args.components, "seed": args.seed, "device": args.device,
                "progress": not args.quiet}
-    for name in ("svi_steps", "nuts_points", "nuts_draws", "vae_steps", "num_samples"):
+    for name in ("svi_steps", "nuts_points", "stream_batch", "stream_passes", "nuts_draws",
+                 "vae_steps", "num_samples"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be a positive integer; "
@@ -85,6 +88,7 @@ def _compare_into(args, out, methods, settings):
                 f"Made by `{command}`.\n\n")
     written = compare.write_table(rows, out, preamble)
     written.append(compare.save_figure(compare.plot_objectives(fits), out / "objectives.png"))
+    written.append(compare.save_figure(compare.plot_passes(fits), out / "passes.png"))
     written.append(compare.save_figure(compare.plot_mixtures(data, fits), out / "ellipses.png"))
     if {"cavi", "pyro-meanfield", "nuts"} <= set(methods):
         exports = compare.posterior_exports(data, fits, settings)

@@ -77,6 +77,7 @@ def _fit_sklearn_style(cls, args, data, objective, per_example, **kwargs):
         callback = _progress_callback(bar, "objective")
         model = cls(args.components, covariance_type=args.covariance_type, max_iter=max_iter,
                     n_init=args.n_init, random_state=args.seed, device=args.device,
+                    batch_size=args.batch_size,
                     callback=lambda i, lb: callback(i, lb * scale), **kwargs)
         model.fit(data.x_train[distributed.rank()::distributed.world_size()])
     full = covariance_type(args.covariance_type, data.x_train.shape[1]).to_full(
@@ -190,6 +191,9 @@ def build_parser(prog="ppl-vae gmm"):
                         help="iterations (em, cavi; default 100), SVI steps (pyro-*; default "
                              "1000) or NUTS draws and warm-up steps (nuts; default 500)")
     parser.add_argument("--n-init", type=int, default=1, help="restarts (em, cavi; default 1)")
+    parser.add_argument("--batch-size", type=int,
+                        help="em, cavi: fit in mini-batches of this many rows (stepwise EM, "
+                             "stochastic VI); --max-iter then counts passes (default: batch)")
     add_shared_arguments(parser)
     parser.add_argument("--out", help="output folder (default: runs/gmm-<method>)")
     parser.add_argument("--quick", action="store_true",

@@ -4,6 +4,9 @@
 
 - ``em``: a Gaussian mixture by EM (maximum likelihood);
 - ``cavi``: the Bayesian Gaussian mixture by coordinate-ascent mean-field VI;
+- ``em-stepwise``, ``svi``: the same two models fitted in mini-batches, by stepwise EM and
+  by stochastic VI (natural-gradient steps on the global factors; see
+  :mod:`ppl_vae.mixture._stream`);
 - ``pyro-map``, ``pyro-meanfield``: the mixture as a Pyro program, by SVI with the
   assignments enumerated (an ``AutoDelta`` and an ``AutoNormal`` guide);
 - ``nuts``: the same Pyro program by NUTS (on the training set, or a random subset of it);
@@ -19,7 +22,8 @@ mixture posteriors of CAVI, SVI meanfield and NUTS, fitted on the points NUTS sa
 ArviZ data aligned component by component.
 
 ``ppl-vae compare`` / ``scripts/compare.py`` run it and write ``compare.md``,
-``compare.csv``, ``posterior_summary.csv``, ``forest.png``, ``objectives.png`` and
+``compare.csv``, ``posterior_summary.csv``, ``forest.png``, ``objectives.png``,
+``passes.png`` (:func:`plot_passes`: each objective against passes through the data) and
 ``ellipses.png`` into ``--out``.
 """
 
@@ -56,6 +60,8 @@ class Settings:
 
     components: int | None = None
     max_iter: int = 500  # EM and CAVI iterations (at most; both stop at convergence)
+    stream_batch: int = 100  # rows per step of stepwise EM and SVI
+    stream_passes: int = 30  # their passes through the training set (at most)
     svi_steps: int = 1000  # Pyro mixture SVI steps
     # NUTS on a random subset of this many training points; None: all. A subset is not
     # cheaper here: its wider posterior needs longer trajectories per draw.
@@ -76,7 +82,7 @@ class Settings:
     @classmethod
     def quick(cls, **changes):
         """A smoke-test budget: every method runs, in seconds, far from converged."""
-        small = dict(max_iter=20, svi_steps=30, nuts_points=200, nuts_draws=10,
+        small = dict(max_iter=20, stream_passes=3, svi_steps=30, nuts_points=200, nuts_draws=10,
                      nuts_tree_depth=4, vae_steps=40, num_samples=50, posterior_draws=50)
         return cls(**{**small, **changes})
 
@@ -174,6 +180,7 @@ class Fit:
     means: np.ndarray | None = None  # the mixture in data space, where there is one
     covariances: np.ndarray | None = None
     notes: list = field(default_factory=list)
+    passes_per_entry: float = 1.0  # passes through the training set per entry of history
 
 
 def _ari(data, predicted):
@@ -222,6 +229,42 @@ def fit_cavi(data, settings, x_train=None):
                         estimator="posterior predictive (Student-t mixture)",
                         seconds=time.perf_counter() - start, settings=settings,
                         label="CAVI", inference="mean-field VI, coordinate ascent")
+
+
+def _stream_settings(settings, n):
+    return dict(batch_size=min(settings.stream_batch, n), max_iter=settings.stream_passes,
+                random_state=settings.seed, device=settings.device)
+
+
+def fit_em_stepwise(data, settings):
+    from ppl_vae.mixture import GaussianMixture
+
+    start = time.perf_counter()
+    model = GaussianMixture(settings.components,
+                            **_stream_settings(settings, len(data.x_train)))
+    model.fit(data.x_train)
+    return _mixture_fit("em-stepwise", model, data, n_train=len(data.x_train),
+                        history=model.lower_bounds_, objective=model.objective(data.x_train),
+                        objective_name="log-likelihood / N", estimator="exact",
+                        seconds=time.perf_counter() - start, settings=settings,
+                        label=f"stepwise EM, batches of {settings.stream_batch}",
+                        inference="maximum likelihood, mini-batch")
+
+
+def fit_svi(data, settings):
+    from ppl_vae.mixture import BayesianGaussianMixture
+
+    x = data.x_train
+    start = time.perf_counter()
+    model = BayesianGaussianMixture(settings.components, **_stream_settings(settings, len(x)))
+    model.fit(x)
+    return _mixture_fit("svi", model, data, n_train=len(x),
+                        history=np.asarray(model.lower_bounds_) / len(x),
+                        objective=model.objective(x) / len(x), objective_name="ELBO / N",
+                        estimator="posterior predictive (Student-t mixture)",
+                        seconds=time.perf_counter() - start, settings=settings,
+                        label=f"SVI natural gradient, batches of {settings.stream_batch}",
+                        inference="mean-field VI, stochastic natural gradient")
 
 
 def _fit_pyro(data, settings, guide, x_train=None):
@@ -381,7 +424,8 @@ def _fit_vae(data, settings, hidden, method, label):
               f"importance-sampled, K={settings.num_samples}",
               f"ELBO / N, mean of last {FINAL_WINDOW} steps", history,
               float(history[-FINAL_WINDOW:].mean()), _ari(data, prior_assignments(vae, x_test)),
-              int((weights > WEIGHT_THRESHOLD).sum()), seconds, str(device), weights)
+              int((weights > WEIGHT_THRESHOLD).sum()), seconds, str(device), weights,
+              passes_per_entry=min(settings.vae_batch, len(x_train)) / len(x_train))
     if not hidden:
         fit.weights, fit.means, fit.covariances = implied_mixture(vae)
         exact = mixture_log_likelihood(data.x_test, fit.weights, fit.means, fit.covariances)
@@ -399,7 +443,8 @@ def fit_vae_mlp(data, settings):
 
 
 # One entry per method: a function (data, settings) -> Fit.
-METHODS = {"em": fit_em, "cavi": fit_cavi, "pyro-map": fit_pyro_map,
+METHODS = {"em": fit_em, "cavi": fit_cavi, "em-stepwise": fit_em_stepwise, "svi": fit_svi,
+           "pyro-map": fit_pyro_map,
            "pyro-meanfield": fit_pyro_meanfield, "nuts": fit_nuts,
            "vae-linear": fit_vae_linear, "vae-mlp": fit_vae_mlp}
 
@@ -569,13 +614,53 @@ def plot_objectives(fits):
     for ax, fit in zip(axes, curves, strict=True):
         steps = np.arange(1, len(fit.history) + 1)
         ax.plot(steps, fit.history, linewidth=0.8, marker="." if len(steps) < 60 else None)
-        iterative = fit.method in ("em", "cavi")
+        iterative = fit.method in ("em", "cavi", "em-stepwise", "svi")
         if not iterative:
             tail = fit.history[len(steps) // 50:]
             pad = 0.05 * (tail.max() - tail.min()) + 1e-9
             ax.set_ylim(tail.min() - pad, tail.max() + pad)
-        ax.set(title=fit.label, xlabel="iteration" if iterative else "SVI step",
+        ax.set(title=fit.label, xlabel="iteration or pass" if iterative else "SVI step",
                ylabel=fit.objective_name.split(", mean of")[0])
+        ax.title.set_fontsize(9)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
+# Which panel of plot_passes each method's objective belongs to.
+_LIKELIHOOD_PANEL = ("em", "em-stepwise", "pyro-map")
+
+
+def plot_passes(fits):
+    """Each iterative method's objective against passes through the training set (log
+    scale): maximum likelihood (EM, stepwise EM, Pyro MAP) on the left, ELBOs (CAVI, SVI
+    with natural gradients, Pyro SVI with Adam on AutoNormal, the VAEs) on the right.
+
+    An iteration of EM or CAVI and a step of the Pyro mixture's SVI read all the data (one
+    pass); stepwise EM and SVI record once a pass (the mean of the pass's batch
+    estimates); a VAE step reads one batch. The Pyro mixture's priors differ from the
+    conjugate model's (``ppl_vae.mixture.pyro_gmm.MixturePrior``), so its ELBO is of a
+    nearby model, not the same one.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for fit in fits.values():
+        if not len(fit.history):
+            continue
+        passes = np.arange(1, len(fit.history) + 1) * fit.passes_per_entry
+        ax = axes[0] if fit.method in _LIKELIHOOD_PANEL else axes[1]
+        ax.plot(passes, fit.history, linewidth=1.0, label=fit.label,
+                marker="." if len(passes) < 40 else None)
+    for ax, title in zip(axes, ("maximum likelihood: log p(X | theta) / N",
+                                "variational: ELBO / N"), strict=True):
+        lines = [line.get_ydata() for line in ax.get_lines()]
+        if lines:
+            top = max(float(np.max(y)) for y in lines)
+            low = min(float(np.percentile(y, 10)) for y in lines)
+            ax.set_ylim(low - 0.05 * (top - low + 1e-9), top + 0.05 * (top - low + 1e-9))
+            ax.legend(fontsize=7, loc="lower right")
+        ax.set(xscale="log", xlabel="passes through the training set", title=title)
         ax.title.set_fontsize(9)
         ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -161,11 +161,12 @@ class BaseMixture(DensityMixin, BaseEstimator):
         """True when the initialisation uses no randomness (restarts would be identical)."""
         return getattr(self, "resp_init", None) is not None
 
-    def _context(self, X):
+    def _context(self, X, resident=True):
         validate(self.get_params(deep=False), self._parameter_constraints, type(self).__name__)
         device = resolve_device(self.device)
         dtype = resolve_dtype(self.dtype)
-        data = ChunkedData(X, device=device, dtype=dtype, shard=distributed.is_distributed())
+        data = ChunkedData(X, device=device, dtype=dtype, shard=distributed.is_distributed(),
+                           resident=resident)
         check_n_samples(data.n_total, self.n_components)
         cov = covariance_type(self.covariance_type, data.n_features)
         restarts = 1 if self._deterministic_init() else int(self.n_init)
@@ -188,11 +189,19 @@ class BaseMixture(DensityMixin, BaseEstimator):
         params = self._initialize(ctx, generator)
         best, history, converged, n_iter, bound = self._run(ctx, params)
         if not converged and self.max_iter > 0:
-            warnings.warn(
-                f"the best of {ctx.n_restarts} restart(s) did not converge in "
-                f"max_iter={self.max_iter} iterations (last change above tol={self.tol}); "
-                "raise max_iter or tol, or check the data",
-                ConvergenceWarning, stacklevel=3)
+            self._warn_not_converged(ctx.n_restarts)
+        self._set_fitted(ctx, best, history, converged, n_iter, bound)
+        return self
+
+    def _warn_not_converged(self, n_restarts, stacklevel=4):
+        warnings.warn(
+            f"the best of {n_restarts} restart(s) did not converge in "
+            f"max_iter={self.max_iter} iterations (last change above tol={self.tol}); "
+            "raise max_iter or tol, or check the data",
+            ConvergenceWarning, stacklevel=stacklevel)
+
+    def _set_fitted(self, ctx, best, history, converged, n_iter, bound):
+        """The fitted attributes from the best restart's parameters ``best`` (R = 1)."""
         self.n_features_in_ = ctx.n_features
         self.converged_ = converged
         self.n_iter_ = n_iter
@@ -203,7 +212,6 @@ class BaseMixture(DensityMixin, BaseEstimator):
         self._fitted = {name: value[:1].clone() for name, value in best.items()}
         self._cov = ctx.cov
         self._device, self._dtype = ctx.data.device, ctx.data.dtype
-        return self
 
     def _initialize(self, ctx, generator):
         provider = self._init_provider(ctx, generator)
@@ -302,12 +310,12 @@ class BaseMixture(DensityMixin, BaseEstimator):
         return ChunkedData(X, device=self._device, dtype=self._dtype, center=self._center,
                            n_features=self.n_features_in_)
 
-    def _chunks_of(self, X):
+    def _prediction_data(self, X):
         data = self._validated(X)
         k = self.n_components
         data.chunk_size = self.chunk_size or default_chunk_size(
             self._cov.row_floats(k, data.n_features) + 4 * k, data.device, self._dtype.itemsize)
-        return data.chunks()
+        return data
 
     def _log_rho_chunk(self, x):
         params = self._fitted
@@ -316,27 +324,58 @@ class BaseMixture(DensityMixin, BaseEstimator):
         offset = self._log_offset(params, self._cov).to(x.dtype)
         return maha.mul_(-0.5).add_(offset)[:, 0]
 
-    def predict_proba(self, X):
-        """Responsibilities p(component k | x_n): array of shape (n_samples, n_components),
-        rows summing to one (for the variational mixture, q(z_n = k))."""
+    def _map_rows(self, X, row_fn, out, columns=()):
+        """``row_fn`` of each chunk of X, concatenated, or written into ``out`` (an array
+        of shape (n_samples, *columns), e.g. a memory-mapped .npy) chunk by chunk."""
+        data = self._prediction_data(X)
+        if out is not None:
+            expected = (data.n_samples, *columns)
+            if tuple(getattr(out, "shape", ())) != expected:
+                raise ValueError(f"out must be an array of shape {expected}; got "
+                                 f"{getattr(out, 'shape', type(out).__name__)}")
         parts = []
-        for _, x in self._chunks_of(X):
-            parts.append(torch.softmax(self._log_rho_chunk(x).double(), -1).cpu())
-        return torch.cat(parts).numpy()
+        for start, x in data.chunks():
+            value = row_fn(x).cpu()
+            if out is None:
+                parts.append(value)
+            else:
+                out[start:start + len(value)] = value.numpy()
+        return torch.cat(parts).numpy() if out is None else out
 
-    def predict(self, X):
-        """The most responsible component of each row: int array of shape (n_samples,)."""
-        parts = [self._log_rho_chunk(x).argmax(-1).cpu() for _, x in self._chunks_of(X)]
-        return torch.cat(parts).numpy()
+    def predict_proba(self, X, out=None):
+        """Responsibilities p(component k | x_n): array of shape (n_samples, n_components),
+        rows summing to one (for the variational mixture, q(z_n = k)). With ``out`` (e.g.
+        ``np.lib.format.open_memmap(path, "w+", np.float32, (n, K))``) the rows are written
+        there chunk by chunk and ``out`` is returned: memory stays bounded at any N."""
+        return self._map_rows(X, lambda x: torch.softmax(self._log_rho_chunk(x).double(), -1),
+                              out, (self.n_components,))
 
-    def score_samples(self, X):
-        """log p(x_n) per row, in nats: array of shape (n_samples,)."""
-        parts = [self._score_chunk(x).double().cpu() for _, x in self._chunks_of(X)]
-        return torch.cat(parts).numpy()
+    def predict(self, X, out=None):
+        """The most responsible component of each row: int array of shape (n_samples,);
+        ``out`` as in :meth:`predict_proba`."""
+        return self._map_rows(X, lambda x: self._log_rho_chunk(x).argmax(-1), out)
+
+    def score_samples(self, X, out=None):
+        """log p(x_n) per row, in nats: array of shape (n_samples,); ``out`` as in
+        :meth:`predict_proba`."""
+        return self._map_rows(X, lambda x: self._score_chunk(x).double(), out)
 
     def score(self, X, y=None):
-        """Mean of :meth:`score_samples` over the rows of X (nats per example)."""
-        return float(np.mean(self.score_samples(X)))
+        """Mean of :meth:`score_samples` over the rows of X (nats per example), summed
+        chunk by chunk (no per-row array is held)."""
+        data = self._prediction_data(X)
+        total = sum(float(self._score_chunk(x).double().sum()) for _, x in data.chunks())
+        return total / data.n_samples
+
+    def objective(self, X):
+        """The fit's objective on X at the fitted parameters, after an E-step on X: the
+        mean log-likelihood per sample for EM (= :meth:`score`), the complete evidence
+        lower bound in total nats for the variational mixture."""
+        data = self._prediction_data(X)
+        moments, offset = data.moments(full=self._cov.full_moments)
+        ctx = FitContext(data, self._cov, self.n_components, 1, moments, offset)
+        stats = self._e_step(ctx, self._fitted)
+        return float(self._lower_bound(stats, self._fitted, ctx)[0])
 
     def fit(self, X, y=None):
         """Fit the mixture to X of shape (n_samples, n_features); returns self."""

@@ -105,6 +105,12 @@ class CovarianceType:
         """Maximum-likelihood covariances from the accumulated statistics, plus reg_covar."""
         raise NotImplementedError
 
+    def move_second_moment(self, s2, nk, sx, old, new):
+        """The second-moment statistic ``s2``, taken about centres ``old``, re-expressed
+        about ``new`` (per restart and component); ``sx`` is sum_n r_nk x_n. Types whose
+        statistic does not depend on the centres return it unchanged."""
+        return s2
+
     def precision_cholesky(self, cov, reg):
         raise NotImplementedError
 
@@ -211,6 +217,15 @@ class Full(CovarianceType):
         cov = 0.5 * (cov + cov.mT)
         return cov + reg * torch.eye(cov.shape[-1], dtype=cov.dtype, device=cov.device)
 
+    def move_second_moment(self, s2, nk, sx, old, new):
+        # sum r (x - b)(x - b)^T = S_a + (a - b) u^T + u (a - b)^T + N (a - b)(a - b)^T,
+        # with u = sum r (x - a) = sx - N a.
+        step = old - new
+        u = sx - nk[..., None] * old
+        cross = step.unsqueeze(-1) * u.unsqueeze(-2)
+        return (s2 + cross + cross.mT
+                + nk[..., None, None] * step.unsqueeze(-1) * step.unsqueeze(-2))
+
     def precision_cholesky(self, cov, reg):
         return _matrix_precision_cholesky(cov, reg)
 
@@ -279,6 +294,9 @@ class Tied(Full):
 
     def second_moment(self, x, resp, shift, cache):
         return None  # the tied scatter comes from the data's second moment
+
+    def move_second_moment(self, s2, nk, sx, old, new):
+        return s2
 
     def estimate(self, nk, xk, s2, shift, reg, moments):
         between = (nk[..., None, None] * xk.unsqueeze(-1) * xk.unsqueeze(-2)).sum(-3)

@@ -70,6 +70,10 @@ class ChunkedData:
     shard : bool
         X is this process's share of the rows of data spread over the processes of
         ``torch.distributed`` (ignored when it is not initialised).
+    resident : bool
+        On another device than X's, copy X there once (default); if False, move each
+        chunk there as it is used, so that the device never holds more than a chunk
+        (streaming data larger than the device's memory).
 
     Attributes
     ----------
@@ -82,7 +86,7 @@ class ChunkedData:
     """
 
     def __init__(self, X, *, device, dtype, center=None, n_features=None, name="X",
-                 shard=False):
+                 shard=False, resident=True):
         source = as_2d_tensor(X, name=name)
         self.n_samples, self.n_features = source.shape
         self.shard = bool(shard) and distributed.is_distributed()
@@ -101,7 +105,7 @@ class ChunkedData:
         self.center = self._mean() if center is None else center.to(device, torch.float64)
         self._check_magnitude()
         self._center_c = self.center.to(dtype)
-        if source.device != device:
+        if source.device != device and resident:
             self._source = self._resident_copy()
 
     def _raw_chunks(self, size=None):
@@ -162,7 +166,7 @@ class ChunkedData:
         """Yield ``(start, x)``: x has shape (rows, n_features), centred, compute dtype."""
         for start, block in self._raw_chunks():
             if block.dtype == self.dtype:
-                yield start, block - self._center_c
+                yield start, block.to(self.device) - self._center_c
             else:
                 yield start, (block.to(torch.float64) - self.center.to(block.device)).to(
                     self.device, self.dtype)

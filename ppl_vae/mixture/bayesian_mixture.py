@@ -7,9 +7,10 @@ import torch
 from sklearn.utils._param_validation import StrOptions
 
 from ppl_vae.errors import ConfigError
-from ppl_vae.mixture._base import NK_EPS, BaseMixture
+from ppl_vae.mixture._base import NK_EPS
 from ppl_vae.mixture._covariance import expand_as
 from ppl_vae.mixture._params import POSITIVE
+from ppl_vae.mixture._stream import StreamingMixture
 from ppl_vae.mixture._weight_priors import WEIGHT_PRIORS, weight_prior
 
 
@@ -29,7 +30,7 @@ def _float_or(value, default):
     return default if value is None else float(value)
 
 
-class BayesianGaussianMixture(BaseMixture):
+class BayesianGaussianMixture(StreamingMixture):
     r"""Gaussian mixture with priors on all parameters, fitted by mean-field CAVI.
 
     The model (Bishop, PRML 10.2) puts a Dirichlet or stick-breaking prior on the
@@ -80,6 +81,17 @@ class BayesianGaussianMixture(BaseMixture):
         X is then this process's shard of the data).
     random_state, chunk_size, device, dtype, callback
         As in :class:`~ppl_vae.mixture.GaussianMixture`.
+    batch_size, learning_decay, learning_offset : optional
+        Stochastic variational inference (Hoffman et al. 2013) in mini-batches of
+        ``batch_size`` rows: natural-gradient steps of size rho_t = (t + tau)^(-kappa)
+        on the global factors q(pi), q(mu_k, Lambda_k), the local step q(z) as in CAVI
+        (see :mod:`ppl_vae.mixture._stream`); ``max_iter`` then counts passes and
+        ``lower_bounds_`` holds per pass the mean of the batches' ELBO estimates.
+        Default: batch CAVI. Defaults and ranges as in
+        :class:`~ppl_vae.mixture.GaussianMixture`.
+    total_samples : int, optional
+        N, the size of the data set that :meth:`partial_fit`'s batches come from
+        (required there: each batch stands for N / B copies of itself).
 
     Attributes
     ----------
@@ -142,7 +154,7 @@ class BayesianGaussianMixture(BaseMixture):
     _needs_entropy = True
 
     _parameter_constraints = {
-        **BaseMixture._parameter_constraints,
+        **StreamingMixture._parameter_constraints,
         "weight_concentration_prior_type": [StrOptions(set(WEIGHT_PRIORS))],
         "weight_concentration_prior": [POSITIVE, None],
         "mean_precision_prior": [POSITIVE, None],
@@ -158,7 +170,8 @@ class BayesianGaussianMixture(BaseMixture):
                  weight_concentration_prior=None, mean_precision_prior=None, mean_prior=None,
                  degrees_of_freedom_prior=None, covariance_prior=None, resp_init=None,
                  random_state=None, chunk_size=None, device="auto", dtype="float32",
-                 callback=None):
+                 callback=None, batch_size=None, learning_decay=0.7, learning_offset=1.0,
+                 total_samples=None):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -178,6 +191,17 @@ class BayesianGaussianMixture(BaseMixture):
         self.device = device
         self.dtype = dtype
         self.callback = callback
+        self.batch_size = batch_size
+        self.learning_decay = learning_decay
+        self.learning_offset = learning_offset
+        self.total_samples = total_samples
+
+    def _reference_rows(self, n_batch, total):
+        if total is None:
+            raise ConfigError("partial_fit of the variational mixture needs total_samples, "
+                              "the number of rows of the data set the batches come from "
+                              "(the posterior depends on it)")
+        return float(total)
 
     # ------------------------------------------------------------------ priors
 

@@ -8,14 +8,15 @@ import torch
 
 from ppl_vae import distributed
 from ppl_vae.errors import ConfigError
-from ppl_vae.mixture._base import NK_EPS, BaseMixture
+from ppl_vae.mixture._base import NK_EPS
 from ppl_vae.mixture._data import DegenerateDataWarning
+from ppl_vae.mixture._stream import StreamingMixture
 
 # A component whose responsibilities sum to less than this has no data: it is re-seeded.
 EMPTY_MASS = 1e-6
 
 
-class GaussianMixture(BaseMixture):
+class GaussianMixture(StreamingMixture):
     r"""Gaussian mixture fitted by expectation-maximisation (maximum likelihood).
 
     The model is :math:`p(x) = \sum_k \pi_k \mathcal{N}(x \mid \mu_k, \Sigma_k)`. Each
@@ -68,6 +69,18 @@ class GaussianMixture(BaseMixture):
     callback : callable, optional
         Called after each iteration as ``callback(n_iter, lower_bounds)`` with an array
         of shape (n_init,) (NaN for restarts that have stopped).
+    batch_size : int, optional
+        Fit by stepwise (online) EM in mini-batches of this many rows (Cappe & Moulines
+        2009; see :mod:`ppl_vae.mixture._stream`); ``max_iter`` then counts passes, and X
+        may be a memory-mapped array or a ``.npy`` path, read a batch at a time. Default:
+        batch EM. :meth:`partial_fit` takes one such step on the batch it is given.
+    learning_decay, learning_offset : float, default=0.7, 1.0
+        kappa in [0, 1] and tau >= 1 of the step size rho_t = (t + tau)^(-kappa) of step
+        t = 0, 1, ... (kappa in (0.5, 1] for the convergence guarantee; kappa = 0 with
+        tau = 1 gives rho = 1, i.e. each batch's statistics replace the running ones).
+    total_samples : int, optional
+        Rows that the statistics of one batch are scaled to in :meth:`partial_fit`
+        (default: the first batch's size; only the scale of N_k depends on it).
 
     Attributes
     ----------
@@ -108,7 +121,7 @@ class GaussianMixture(BaseMixture):
     """
 
     _parameter_constraints = {
-        **BaseMixture._parameter_constraints,
+        **StreamingMixture._parameter_constraints,
         "weights_init": ["array-like", None],
         "means_init": ["array-like", None],
         "precisions_init": ["array-like", None],
@@ -117,7 +130,8 @@ class GaussianMixture(BaseMixture):
     def __init__(self, n_components=1, *, covariance_type="full", tol=1e-3, reg_covar=1e-6,
                  max_iter=100, n_init=1, init_params="kmeans", weights_init=None,
                  means_init=None, precisions_init=None, random_state=None, chunk_size=None,
-                 device="auto", dtype="float32", callback=None):
+                 device="auto", dtype="float32", callback=None, batch_size=None,
+                 learning_decay=0.7, learning_offset=1.0, total_samples=None):
         self.n_components = n_components
         self.covariance_type = covariance_type
         self.tol = tol
@@ -133,6 +147,10 @@ class GaussianMixture(BaseMixture):
         self.device = device
         self.dtype = dtype
         self.callback = callback
+        self.batch_size = batch_size
+        self.learning_decay = learning_decay
+        self.learning_offset = learning_offset
+        self.total_samples = total_samples
 
     # ------------------------------------------------------------------ hooks
 
@@ -190,6 +208,9 @@ class GaussianMixture(BaseMixture):
 
     def _lower_bound(self, stats, params, ctx):
         return stats.log_likelihood / ctx.n_samples
+
+    def _step_objective(self, stats, params, ctx, scale):
+        return self._lower_bound(stats, params, ctx)  # a mean per sample: no scaling
 
     def _score_chunk(self, x):
         return torch.logsumexp(self._log_rho_chunk(x), -1)

@@ -7,6 +7,7 @@
     ppl-vae bench gmm-memory    # peak memory added by fitting 2,000,000 x 8, K=16
     ppl-vae bench images        # conv VAE on 32x32x3 uint8 images: images/s vs plain PyTorch
     ppl-vae bench images-memory # streaming a >= 4 GB uint8 .npy: peak RssAnon, images/s
+    ppl-vae bench gmm-stream    # out of core: a memory-mapped --rows x 16 file, peak RssAnon
     ppl-vae bench all           # every benchmark
     ppl-vae bench svi --quick   # tiny sizes (a smoke test)
 
@@ -20,7 +21,12 @@ their ratio. A benchmark is a function ``(args) -> dict`` registered in
 import json
 
 from ppl_vae.commands.bench._core import BENCHMARKS, benchmark
-from ppl_vae.commands.bench.gmm import bench_gmm, bench_gmm_memory, measure_memory
+from ppl_vae.commands.bench.gmm import (
+    bench_gmm,
+    bench_gmm_memory,
+    bench_gmm_stream,
+    measure_memory,
+)
 from ppl_vae.commands.bench.images import bench_images, bench_images_memory
 from ppl_vae.commands.bench.vae import (
     SVI_VARIANTS,
@@ -35,7 +41,7 @@ from ppl_vae.commands.common import OneLineParser, add_shared_arguments, bounded
 
 # Importing the modules registers their benchmarks; the names are reachable from here.
 __all__ = ["BENCHMARKS", "SVI_VARIANTS", "bench_eval", "bench_gmm", "bench_gmm_memory",
-           "bench_images", "bench_images_memory",
+           "bench_gmm_stream", "bench_images", "bench_images_memory",
            "bench_parts", "bench_svi", "benchmark", "build_parser", "main", "measure_memory",
            "per_point_log_likelihood", "plain_torch_loss", "pyro_log_likelihood"]
 
@@ -58,6 +64,10 @@ def build_parser(prog=None):
                              "for both libraries)")
     parser.add_argument("--skip-sklearn-memory", action="store_true",
                         help="gmm-memory: measure ours only")
+    parser.add_argument("--rows", type=bounded_int(1000),
+                        help="gmm-stream: rows of the memory-mapped file (default 10,000,000)")
+    parser.add_argument("--scratch", help="gmm-stream: folder for the temporary files "
+                                          "(default: the system's temporary folder)")
     parser.add_argument("--json", help="also write the numbers to this JSON file")
     return parser
 
