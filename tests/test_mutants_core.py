@@ -8,6 +8,7 @@ import torch
 
 from ppl_vae.build import make_objective
 from ppl_vae.errors import ConfigError
+from ppl_vae.evaluation.likelihood import inference_gaps, log_likelihood, monte_carlo_elbo
 from ppl_vae.inference.objectives import _plate_scale
 from ppl_vae.vae import Dims, build_vae
 
@@ -62,3 +63,22 @@ def test_plate_scale_multiplies_over_nested_subsampled_plates():
     site = pyro.poutine.trace(model).get_trace().nodes["w"]
     assert _plate_scale(site) == pytest.approx(10.0)
     assert site["scale"] == pytest.approx(10.0)  # Pyro's own scale of the site agrees
+
+
+# ---------------------------------------------------------------- evaluation.likelihood
+
+
+def test_evaluation_refuses_the_delta_guide_with_whole_messages():
+    vae = build_vae(DIMS, guide="delta", hidden=(8,))
+    x = binary(3)
+    with pytest.raises(ConfigError, match=r"^the inference gaps need a guide with a density; "
+                                          r"the delta guide's objective is not an ELBO$"):
+        inference_gaps(vae, x)
+    with pytest.raises(ConfigError, match=r"^the \w+ is a point mass: it has no density, so it "
+                                          r"cannot be an importance-sampling proposal and its "
+                                          r"objective is not a bound on log p\(x\); pass "
+                                          r"proposal=fit_optimal_posterior\(vae, x\) for a "
+                                          r"fitted one$"):
+        log_likelihood(vae, x, num_samples=4)
+    with pytest.raises(ConfigError, match=r"^num_samples must be >= 1; got 0$"):
+        monte_carlo_elbo(build_vae(DIMS, hidden=(8,)), x, num_samples=0)
