@@ -82,3 +82,24 @@ def test_evaluation_refuses_the_delta_guide_with_whole_messages():
         log_likelihood(vae, x, num_samples=4)
     with pytest.raises(ConfigError, match=r"^num_samples must be >= 1; got 0$"):
         monte_carlo_elbo(build_vae(DIMS, hidden=(8,)), x, num_samples=0)
+
+
+@pytest.mark.parametrize("case", ["conditional", "per-datapoint"])
+def test_inference_gaps_score_log_px_with_the_labels_and_indices_given(case):
+    """inference_gaps' log p(x) is log_likelihood's with the same y and idx and seed: the
+    labels of a conditional VAE, the table rows of the per-datapoint guide (without idx it
+    would fit new parameters for the points instead)."""
+    if case == "conditional":
+        dims = Dims(data_dim=12, latent_dim=3, num_data=30, num_classes=3)
+        vae = build_vae(dims, hidden=(8,))
+        y, idx = torch.tensor([0, 1, 2, 0, 1]), None
+    else:
+        vae = build_vae(DIMS, guide="per-datapoint", hidden=(8,),
+                        guide_options={"fit_steps": 5})
+        y, idx = None, torch.arange(5)
+    x = binary(5)
+    pyro.set_rng_seed(7)
+    expected = log_likelihood(vae, x, y, idx=idx, num_samples=50).mean().item()
+    pyro.set_rng_seed(7)
+    gaps = inference_gaps(vae, x, y, idx=idx, num_samples=50, elbo_samples=20, steps=3)
+    assert gaps["log_px"] == pytest.approx(expected, rel=1e-6)
