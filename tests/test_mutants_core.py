@@ -8,7 +8,13 @@ import torch
 
 from ppl_vae.build import make_objective
 from ppl_vae.errors import ConfigError
-from ppl_vae.evaluation.likelihood import inference_gaps, log_likelihood, monte_carlo_elbo
+from ppl_vae.evaluation.likelihood import (
+    Q_STAR_SAMPLES,
+    fit_optimal_posterior,
+    inference_gaps,
+    log_likelihood,
+    monte_carlo_elbo,
+)
 from ppl_vae.inference.objectives import _plate_scale
 from ppl_vae.vae import Dims, build_vae
 
@@ -85,10 +91,11 @@ def test_evaluation_refuses_the_delta_guide_with_whole_messages():
 
 
 @pytest.mark.parametrize("case", ["conditional", "per-datapoint"])
-def test_inference_gaps_score_log_px_with_the_labels_and_indices_given(case):
-    """inference_gaps' log p(x) is log_likelihood's with the same y and idx and seed: the
-    labels of a conditional VAE, the table rows of the per-datapoint guide (without idx it
-    would fit new parameters for the points instead)."""
+def test_inference_gaps_are_its_estimators_called_with_its_arguments(case):
+    """Every number of inference_gaps is what its four estimators give when called in turn
+    with the same labels, indices, sample counts, steps and learning rate from the same seed
+    (the labels of a conditional VAE; the table rows of the per-datapoint guide, without
+    which it would fit new parameters), and progress hears of every point-sample scored."""
     if case == "conditional":
         dims = Dims(data_dim=12, latent_dim=3, num_data=30, num_classes=3)
         vae = build_vae(dims, hidden=(8,))
@@ -99,7 +106,15 @@ def test_inference_gaps_score_log_px_with_the_labels_and_indices_given(case):
         y, idx = None, torch.arange(5)
     x = binary(5)
     pyro.set_rng_seed(7)
-    expected = log_likelihood(vae, x, y, idx=idx, num_samples=50).mean().item()
+    log_px = log_likelihood(vae, x, y, idx=idx, num_samples=50).mean().item()
+    elbo = monte_carlo_elbo(vae, x, y, idx=idx, num_samples=20).mean().item()
+    q_star = fit_optimal_posterior(vae, x, y, idx=idx, steps=3, lr=0.2)
+    elbo_star = monte_carlo_elbo(vae, x, y, num_samples=20, proposal=q_star).mean().item()
     pyro.set_rng_seed(7)
-    gaps = inference_gaps(vae, x, y, idx=idx, num_samples=50, elbo_samples=20, steps=3)
-    assert gaps["log_px"] == pytest.approx(expected, rel=1e-6)
+    counted = []
+    gaps = inference_gaps(vae, x, y, idx=idx, num_samples=50, elbo_samples=20, steps=3,
+                          lr=0.2, progress=counted.append)
+    expected = {"log_px": log_px, "elbo": elbo, "elbo_star": elbo_star}
+    for key, value in expected.items():
+        assert gaps[key] == pytest.approx(value, rel=1e-6), key
+    assert sum(counted) == 5 * (50 + 20 + 3 * Q_STAR_SAMPLES + 20)
