@@ -204,6 +204,9 @@ print(f"d/dsigma E[z^2]: {sigma.grad.item():.4f} +- {se_sigma:.4f}   closed form
 q = dist.Normal(mu, sigma)
 print(f"requires_grad of q.rsample(): {q.rsample().requires_grad}, "
       f"of q.sample(): {q.sample().requires_grad}")
+# The estimates agree with the closed forms to 4 standard errors.
+assert abs(mu.grad.item() - 2 * mu.item()) < 4 * se_mu
+assert abs(sigma.grad.item() - 2 * sigma.item()) < 4 * se_sigma
 
 # %% [markdown]
 # `Normal.rsample` computes exactly `mu + sigma * eps`. Pyro draws every sample site with
@@ -240,6 +243,8 @@ print(f"closed form                : {closed_form.item():.4f}")
 print(f"torch kl_divergence(q, p)  : {kl_divergence(q, p).item():.4f}")
 print(f"Monte Carlo, {MC_SAMPLES:>7,} samples: {log_ratio.mean().item():.4f} "
       f"+- {log_ratio.std().item() / math.sqrt(MC_SAMPLES):.4f}")
+assert abs(kl_divergence(q, p) - closed_form) < 1e-5
+assert abs(log_ratio.mean() - closed_form) < 4 * log_ratio.std() / math.sqrt(MC_SAMPLES)
 
 
 # %% [markdown]
@@ -265,6 +270,8 @@ def loss_spread(vae, x, repeats):
     for name, values in estimates.items():
         print(f"{name:>20}: ELBO estimate {values.mean():8.3f}, std over {repeats} "
               f"evaluations {values.std():.4f}")
+    # Both estimate the same ELBO: their means agree to 4 standard errors.
+    assert abs(mc.mean() - analytic.mean()) < 4 * ((mc.var() + analytic.var()) / repeats).sqrt()
     steadier = "Trace_ELBO" if mc.var() < analytic.var() else "TraceMeanField_ELBO"
     print(f"variance ratio Trace_ELBO / TraceMeanField_ELBO: {mc.var() / analytic.var():.2f}; "
           f"the less noisy here: {steadier}")
@@ -308,6 +315,8 @@ print(f"Bernoulli: log p(x|z) = {bernoulli.log_prob(x_one).item():9.4f}   "
       f"-BCE                        = {minus_bce.item():9.4f}")
 print(f"Gaussian : log p(x|z) = {gaussian.log_prob(x_one).item():9.4f}   "
       f"-|x - x_hat|^2/2 - D/2 log 2pi = {minus_half_sq.item():9.4f}")
+assert abs(bernoulli.log_prob(x_one) - minus_bce) < 1e-3
+assert abs(gaussian.log_prob(x_one) - minus_half_sq) < 1e-3
 
 panels = [
     ("binarised digit x", x_one, "gray_r"),
@@ -536,6 +545,9 @@ print(f"  ppl-vae train            : {float(cli_last['test_elbo']):.4f}  "
 if len(recent) > 1:
     print(f"  epoch-to-epoch spread of the notebook's test ELBO over its last {len(recent)} "
           f"epochs: std {recent.std():.4f}")
+# The same model and settings: within 0.5 nats after 200 epochs, 2 nats after a quick run's 2.
+assert abs(difference) < (2.0 if QUICK else 0.5), difference
+assert notebook_last["test_elbo"] > metrics[0]["test_elbo"]  # training raised the ELBO
 
 # %% [markdown]
 # The command line's `Trainer` computes the same steps as `SVI.step`, written as Pyro's

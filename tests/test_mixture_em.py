@@ -5,6 +5,7 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from scipy.stats import multivariate_normal
 from sklearn.exceptions import ConvergenceWarning as SklearnConvergenceWarning
 from sklearn.metrics import adjusted_rand_score
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
@@ -110,6 +111,54 @@ def test_one_component_is_sample_mean_and_biased_covariance(cov_type):
     np.testing.assert_allclose(gm.covariances_, expected[cov_type], rtol=1e-10)
     np.testing.assert_allclose(gm.weights_, [1.0])
     assert gm.converged_
+
+
+def m_step_by_hand(X, weights, means, precisions, cov_type, reg):
+    """One E-step from the given parameters (scipy densities) and the M-step's weighted
+    covariances written out with numpy: sum_n r_nk (x_n - m_k)(x_n - m_k)^T / N_k."""
+    k, d = means.shape
+    full_prec = {"full": precisions, "tied": np.repeat(precisions[None], k, 0),
+                 "diag": np.stack([np.diag(p) for p in np.atleast_2d(precisions)]),
+                 "spherical": np.stack([p * np.eye(d) for p in np.atleast_1d(precisions)])}
+    log_dens = np.stack([multivariate_normal.logpdf(X, means[j], np.linalg.inv(p))
+                         for j, p in enumerate(full_prec[cov_type])], axis=1)
+    resp = np.exp(logsumexp_normalise(log_dens + np.log(weights)))
+    nk = resp.sum(0)
+    new_means = resp.T @ X / nk[:, None]
+    scatter = np.stack([(resp[:, j, None] * (X - new_means[j])).T @ (X - new_means[j])
+                        for j in range(k)])
+    full = scatter / nk[:, None, None]
+    expected = {"full": full + reg * np.eye(d),
+                "tied": scatter.sum(0) / len(X) + reg * np.eye(d),
+                "diag": np.diagonal(full, axis1=1, axis2=2) + reg,
+                "spherical": np.diagonal(full, axis1=1, axis2=2).mean(1) + reg}
+    return nk / len(X), new_means, expected[cov_type]
+
+
+def logsumexp_normalise(a):
+    return a - np.logaddexp.reduce(a, axis=1, keepdims=True)
+
+
+@NOT_CONVERGED
+@pytest.mark.parametrize("cov_type", COVARIANCE_TYPES)
+def test_one_em_step_is_the_weighted_covariance_by_hand(cov_type):
+    """Means started 1.5 from the blobs' centres in every coordinate, so that the scatter
+    about the old means differs from the covariance by a large (x_k - old mean) outer
+    product; wide components (precision 0.3) so that each keeps its points."""
+    X, _ = blobs(n_per=60, seed=8)
+    centres = np.array([[0, 0, 0], [6, 6, 0], [0, 7, 7]], dtype=float)
+    precisions = {"full": np.repeat(0.3 * np.eye(3)[None], 3, 0), "tied": 0.3 * np.eye(3),
+                  "diag": np.full((3, 3), 0.3), "spherical": np.full(3, 0.3)}
+    start = {"weights_init": np.full(3, 1 / 3), "means_init": centres + 1.5,
+             "precisions_init": precisions[cov_type]}
+    reg = 1e-4
+    gm = GaussianMixture(3, covariance_type=cov_type, reg_covar=reg, max_iter=1, tol=0,
+                         dtype="float64", **start).fit(X)
+    weights, means, cov = m_step_by_hand(X, start["weights_init"], start["means_init"],
+                                         start["precisions_init"], cov_type, reg)
+    np.testing.assert_allclose(gm.weights_, weights, rtol=1e-8)
+    np.testing.assert_allclose(gm.means_, means, rtol=1e-8, atol=1e-10)
+    np.testing.assert_allclose(gm.covariances_, cov, rtol=1e-8, atol=1e-10)
 
 
 def test_translation_moves_only_the_means():
