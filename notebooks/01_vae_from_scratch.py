@@ -56,6 +56,7 @@ print(f"{'quick' if QUICK else 'full'} run: {EPOCHS} epochs, {MC_SAMPLES:,} Mont
 import csv
 import inspect
 import math
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -67,9 +68,10 @@ import pyro
 import pyro.distributions as dist
 import torch
 import torch.nn.functional as F
-from pyro.infer import SVI, Trace_ELBO, TraceMeanField_ELBO
+from pyro.infer import SVI, Predictive, Trace_ELBO, TraceMeanField_ELBO
 from torch.distributions import kl_divergence
 
+import ppl_vae
 from ppl_vae.data import binarize, load_dataset
 from ppl_vae.evaluation import plots
 from ppl_vae.evaluation.likelihood import evaluate_elbo
@@ -522,18 +524,18 @@ command = [sys.executable, "-m", "ppl_vae.commands", "train", "--latent-dim", "2
 if QUICK:
     command += ["--epochs", str(EPOCHS)]
 print("$ ppl-vae " + " ".join(command[3:]))
-with tempfile.TemporaryDirectory() as workdir:
-    result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
-    print(result.stderr + result.stdout)
-    if result.returncode != 0:
-        raise RuntimeError(f"ppl-vae train failed with exit status {result.returncode}")
-    # The one run folder: runs/vae followed by what the command line changed.
-    (run_dir,) = Path(workdir, "runs").iterdir()
-    print("the run folder:")
-    for path in sorted(run_dir.iterdir()):
-        print(f"  {path.relative_to(workdir)}  ({path.stat().st_size:,} bytes)")
-    with open(run_dir / "metrics.csv", newline="") as f:
-        cli_last = list(csv.DictReader(f))[-1]
+workdir = tempfile.mkdtemp()  # removed after the next cell has read the run back
+result = subprocess.run(command, cwd=workdir, capture_output=True, text=True)
+print(result.stderr + result.stdout)
+if result.returncode != 0:
+    raise RuntimeError(f"ppl-vae train failed with exit status {result.returncode}")
+# The one run folder: runs/vae followed by what the command line changed.
+(run_dir,) = Path(workdir, "runs").iterdir()
+print("the run folder:")
+for path in sorted(run_dir.iterdir()):
+    print(f"  {path.relative_to(workdir)}  ({path.stat().st_size:,} bytes)")
+with open(run_dir / "metrics.csv", newline="") as f:
+    cli_last = list(csv.DictReader(f))[-1]
 
 notebook_last = metrics[-1]
 difference = float(cli_last["test_elbo"]) - notebook_last["test_elbo"]
@@ -548,6 +550,30 @@ if len(recent) > 1:
 # The same model and settings: within 0.5 nats after 200 epochs, 2 nats after a quick run's 2.
 assert abs(difference) < (2.0 if QUICK else 0.5), difference
 assert notebook_last["test_elbo"] > metrics[0]["test_elbo"]  # training raised the ELBO
+
+# %% [markdown]
+# **The run back in Python.** `ppl_vae.load_run` restores a run folder without building a
+# trainer: the trained program in eval mode, its resolved configuration and metrics, and the
+# data on first use. Any Pyro inference runs on the program's `model` and `guide`; here
+# `Predictive` draws $z \sim q(z \mid x)$ for five test digits and replays the model on them.
+
+# %%
+run = ppl_vae.load_run(run_dir)
+print(f"{type(run.program).__name__}, eval mode: {not run.program.training}; latent_dim "
+      f"{run.config['model']['latent_dim']}; last epoch's test ELBO "
+      f"{float(run.metrics[-1]['test_elbo']):.4f}")
+x_five = run.data.x_test[:5]
+with torch.no_grad():
+    draws = Predictive(run.program.model, guide=run.program.guide, num_samples=200,
+                       return_sites=["z"])(x_five)
+    guide_mean = run.program.posterior(x_five).mean
+print("mean of 200 draws of z for each digit, against the guide's mean:")
+for drawn, exact in zip(draws["z"].mean(0), guide_mean, strict=True):
+    print(f"  {drawn.numpy().round(3)}  {exact.numpy().round(3)}")
+assert not run.program.training
+assert float(run.metrics[-1]["test_elbo"]) == float(cli_last["test_elbo"])
+assert torch.allclose(draws["z"].mean(0), guide_mean, atol=0.5)  # 200 draws: a few s.e.
+shutil.rmtree(workdir)
 
 # %% [markdown]
 # The command line's `Trainer` computes the same steps as `SVI.step`, written as Pyro's
