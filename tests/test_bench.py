@@ -21,6 +21,7 @@ def quick(name, *extra):
     return bench.build_parser().parse_args([name, "--quick", "--device", "cpu", *extra])
 
 
+@pytest.mark.slow
 def test_fit_adds_less_peak_memory_than_the_data():
     # 2,000,000 x 8 float32 (64 MB), K=16; a fresh process measures its peak resident size.
     row = bench.measure_memory("ours", 2_000_000, 8, 16, 2, init_params="random_from_data")

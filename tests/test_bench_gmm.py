@@ -48,6 +48,7 @@ def test_peak_rss_anon_sees_an_allocation_and_not_a_mapping(tmp_path):
     assert mapped.added < 16 * 2**20
 
 
+@pytest.mark.slow
 def test_bench_gmm_stream_quick_runs_out_of_core_and_cleans_up(tmp_path, capsys):
     result = bench.bench_gmm_stream(quick("gmm-stream", "--scratch", str(tmp_path)))
     baseline = result["baseline_rss_anon_bytes"]

@@ -123,6 +123,7 @@ def test_em_cavi_and_pyro_map_recover_the_blobs_means():
         assert fit.ari > 0.9, method
 
 
+@pytest.mark.slow
 def test_nuts_and_cavi_posterior_means_agree():
     """On 240 blob points the two posteriors (different priors, both weak) have means
     within one posterior standard deviation of each other, component by component."""
@@ -174,6 +175,7 @@ def test_user_errors_are_one_line_and_exit_2(argv, message, tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_script_runs_the_same_command(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare.py"), "--dataset",
                              "nope", "--out", str(tmp_path / "out")],

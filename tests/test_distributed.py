@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from ppl_vae.build import build
@@ -42,6 +43,7 @@ def launcher(nproc):
              f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable])
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path):
     one = train(tmp_path / "one", 1)
     two = train(tmp_path / "two", 2)

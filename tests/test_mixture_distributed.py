@@ -196,6 +196,7 @@ def test_data_driven_starts_reach_the_single_process_optimum(two_process_fits):
             np.testing.assert_allclose(a[key], b[key], atol=1e-3, err_msg=f"{name} {key}")
 
 
+@pytest.mark.slow
 def test_cli_under_torchrun_writes_one_result_with_the_single_process_fit(tmp_path,
                                                                           capsys):
     args = ["--quick", "--method", "em", "--seed", "2"]

@@ -244,6 +244,7 @@ def test_seed_reproducible_and_global_rng_untouched():
 # ----------------------------------------------------------------------------- NUTS
 
 
+@pytest.mark.slow
 def test_nuts_recovers_means_and_scores(small_data, nuts_fit):
     X, true_means = small_data
     means = align_components(true_means, nuts_fit.samples)["means"]
@@ -257,6 +258,7 @@ def test_nuts_recovers_means_and_scores(small_data, nuts_fit):
     np.testing.assert_array_equal(nuts_fit.predict(X), proba.argmax(1))
 
 
+@pytest.mark.slow
 def test_meanfield_agrees_with_nuts(small_data, nuts_fit, meanfield_fit):
     """Both approximate one posterior: the meanfield means and weights sit within two NUTS
     posterior stds of NUTS's, and its posterior stds are of the same size."""

@@ -59,6 +59,7 @@ def test_the_wheel_holds_the_model_zoo_and_every_module(wheel):
     assert sorted(modules - names) == []
 
 
+@pytest.mark.slow
 def test_an_installed_ppl_vae_finds_its_zoo(wheel, tmp_path):
     """Installed from the wheel (not editable) and run from an unrelated folder, the zoo is
     the wheel's ppl_vae/models, not a models/ beside it."""

@@ -77,6 +77,7 @@ def straight(tmp_path_factory):
 
 # ---------------------------------------------------------------- 1. claims
 
+@pytest.mark.slow
 def test_two_processes_asking_for_one_folder_one_is_refused(tmp_path):
     out = tmp_path / "run"
     command = [sys.executable, "-m", "ppl_vae.commands", "train", *SMALL, "--epochs", "2",

@@ -135,6 +135,7 @@ def test_cli_writes_a_complete_run(tmp_path, capsys):
     assert "test ELBO" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_script_runs(tmp_path):
     result = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "train_vae.py"), "--epochs", "1",

@@ -311,6 +311,7 @@ def test_denoising_corrupts_only_the_guides_input_and_only_in_training():
 # ---------------------------------------------------------------- conditional VAE
 
 
+@pytest.mark.slow
 def test_cvae_samples_are_the_digits_asked_for(tmp_path):
     """A small budget (20 epochs, one hidden layer of 128): a logistic regression trained
     on the real digits reads >= 90% of the CVAE's samples of class c as c."""
