@@ -144,6 +144,7 @@ def two_process_fits(tmp_path_factory):
     return X, exact, seeded, ranks
 
 
+@pytest.mark.slow
 def test_both_processes_hold_identical_parameters(two_process_fits):
     _, exact, seeded, (zero, one) = two_process_fits
     for name in {**exact, **seeded}:
@@ -152,6 +153,7 @@ def test_both_processes_hold_identical_parameters(two_process_fits):
                                           np.asarray(one[name][attr]), err_msg=name + attr)
 
 
+@pytest.mark.slow
 def test_shards_give_the_single_process_fit_with_one_all_reduce_per_iteration(
         two_process_fits):
     X, exact, _, (zero, _) = two_process_fits
@@ -168,6 +170,7 @@ def test_shards_give_the_single_process_fit_with_one_all_reduce_per_iteration(
     assert set(converged) >= {"em-full", "em-diag", "em-tied", "cavi-full"}
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::ppl_vae.mixture.ConvergenceWarning")
 def test_reseeding_an_empty_component_moves_it_onto_the_data(two_process_fits):
     X, exact, _, (zero, _) = two_process_fits
@@ -176,6 +179,7 @@ def test_reseeding_an_empty_component_moves_it_onto_the_data(two_process_fits):
     assert np.abs(zero["em-reseed"]["means_"]).max() < 100
 
 
+@pytest.mark.slow
 def test_data_driven_starts_reach_the_single_process_optimum(two_process_fits):
     # Seeds come from rank 0's rows, so the path differs; on well-separated blobs the
     # optimum, up to the order of the components, is the same.
