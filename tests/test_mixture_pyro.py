@@ -349,6 +349,7 @@ def _check_export(idata, reference):
     np.testing.assert_allclose(summary["mean"].values, means.ravel(), atol=1e-3)
 
 
+@pytest.mark.slow  # its NUTS fit is the module's slowest fixture
 def test_arviz_exports_side_by_side(small_data, nuts_fit, meanfield_fit):
     X, true_means = small_data
     reference = true_means[::-1]  # not the order any method found on its own
