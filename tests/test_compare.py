@@ -37,6 +37,7 @@ def _read_csv(path):
         return reader.fieldnames, list(reader)
 
 
+@pytest.mark.slow
 def test_quick_run_writes_one_table_and_scores_em_exactly(tmp_path, capsys):
     out = tmp_path / "compare"
     status = commands.main(["compare", "--quick", "--data", "blobs", "--out", str(out)])

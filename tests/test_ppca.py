@@ -40,6 +40,7 @@ def trained_linear_vae():
     return vae, x, float(mean_elbo)
 
 
+@pytest.mark.slow
 def test_elbo_reaches_the_closed_form_ppca_maximum(trained_linear_vae):
     _, x, mean_elbo = trained_linear_vae
     best = ppca_mle(x, 2)["log_likelihood"]
@@ -47,6 +48,7 @@ def test_elbo_reaches_the_closed_form_ppca_maximum(trained_linear_vae):
     assert best - 0.05 < mean_elbo < best + 0.01
 
 
+@pytest.mark.slow
 def test_elbo_is_below_the_exact_likelihood_of_the_learned_parameters(trained_linear_vae):
     vae, x, mean_elbo = trained_linear_vae
     linear = vae.decoder[0]
