@@ -83,6 +83,7 @@ def test_bad_settings_are_one_line_errors():
         ais_log_likelihood(autoencoder, x)
 
 
+@pytest.mark.slow
 def test_eval_command_with_ais_writes_its_own_files(tmp_path, capsys):
     from ppl_vae.commands import main as cli_main
 

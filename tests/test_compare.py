@@ -113,6 +113,7 @@ def test_digits_are_whitened_principal_components_of_the_project_split():
     assert fit.test_loglik == pytest.approx(fit.model.score(data.x_test))
 
 
+@pytest.mark.slow
 def test_em_cavi_and_pyro_map_recover_the_blobs_means():
     data = compare.load_data("blobs")
     fits = compare.run_comparison(data, compare.Settings(svi_steps=300),

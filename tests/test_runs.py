@@ -221,6 +221,7 @@ def test_conditional_labels_are_indexed_by_the_classes_present(tmp_path, capsys)
 
 # ---------------------------------------------------------------- 5. resume rules
 
+@pytest.mark.slow
 def test_resume_refuses_real_changes_only_and_names_them(tmp_path, capsys):
     out = tmp_path / "run"
     line = ["train", *SMALL, "--model", "vae", "--epochs", 2, "--lr", 0.001, "--out", out]
