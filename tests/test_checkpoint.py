@@ -5,7 +5,6 @@ line it catches.
 """
 
 import fnmatch
-import re
 
 import pytest
 import torch
@@ -71,12 +70,13 @@ def test_files_that_are_not_checkpoints_are_refused_with_one_whole_line(tmp_path
 
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(Exception) as torch_error:  # the type torch raises, quoted by name
+        torch.load(garbage, weights_only=True)
     with pytest.raises(CheckpointError) as error:
         load_checkpoint(garbage)
-    assert re.fullmatch(
-        rf"cannot read checkpoint {re.escape(str(garbage))}: it is truncated, corrupt or not "
-        r"a ppl-vae checkpoint \(\w+\); train again or restore the file from a copy",
-        str(error.value))
+    assert str(error.value) == (
+        f"cannot read checkpoint {garbage}: it is truncated, corrupt or not a ppl-vae "
+        f"checkpoint ({torch_error.type.__name__}); train again or restore the file from a copy")
 
 
 def test_a_pickled_object_is_refused_not_run(tmp_path):
