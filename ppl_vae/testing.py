@@ -51,6 +51,22 @@ NORMALISATION_SAMPLES = 100_000
 TRAIN_STEPS, LR = 40, 1e-2
 
 
+def ppca_vae(true, *, noise_std, num_data=1, guide_shrink=0.1):
+    """A linear-Gaussian VAE whose decoder is the PPCA model ``true`` (``W``, ``mu``, from
+    :func:`ppl_vae.data.ppca.make_ppca`) and whose untrained guide has its parameters scaled
+    by ``guide_shrink``: q(z | x) close to one fixed Gaussian for every x, a proposal that
+    ignores the data. The closed forms of :mod:`ppl_vae.data.ppca` hold for its p(x)."""
+    data_dim, latent_dim = true["W"].shape
+    vae = build_vae(Dims(data_dim, latent_dim, num_data=num_data), likelihood="gaussian-isotropic",
+                    hidden=(), likelihood_options={"init_scale": noise_std})
+    with torch.no_grad():
+        vae.decoder[0].weight.copy_(true["W"])
+        vae.decoder[0].bias.copy_(true["mu"])
+        for param in vae.posterior.parameters():
+            param.mul_(guide_shrink)
+    return vae
+
+
 class PartCheckError(PplVaeError, AssertionError):
     """A part or program failed a check of :func:`check_part`."""
 

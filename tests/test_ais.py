@@ -12,6 +12,7 @@ from ppl_vae.data.ppca import make_ppca, ppca_log_likelihood
 from ppl_vae.errors import ConfigError
 from ppl_vae.evaluation.ais import ais_log_likelihood, sigmoid_schedule
 from ppl_vae.evaluation.likelihood import log_likelihood
+from ppl_vae.testing import ppca_vae as linear_gaussian_vae
 from ppl_vae.vae import Dims, build_vae
 
 
@@ -20,13 +21,7 @@ def ppca_vae():
     untrained one shrunk towards q(z | x) = N(0, 0.7^2 I) for every x: a poor proposal, so
     that importance sampling with a few samples is far from log p(x) and AIS has work."""
     x, true = make_ppca(20, 10, 2, noise_std=0.5, seed=1)
-    vae = build_vae(Dims(10, 2, num_data=20), likelihood="gaussian-isotropic", hidden=(),
-                    likelihood_options={"init_scale": 0.5})
-    with torch.no_grad():
-        vae.decoder[0].weight.copy_(true["W"])
-        vae.decoder[0].bias.copy_(true["mu"])
-        for param in vae.posterior.parameters():
-            param.mul_(0.1)
+    vae = linear_gaussian_vae(true, noise_std=0.5, num_data=20)
     exact = torch.tensor([ppca_log_likelihood(x[i:i + 1], true["W"], true["mu"], 0.5)
                           for i in range(len(x))], dtype=torch.float64)
     return vae, x, exact

@@ -20,6 +20,7 @@ from ppl_vae.evaluation.impute import (
     mean_imputation,
     random_mask,
 )
+from ppl_vae.testing import ppca_vae as linear_gaussian_vae
 from ppl_vae.vae import Dims, build_vae
 
 D, L, CHAINS = 6, 2, 400
@@ -29,13 +30,7 @@ def ppca_vae():
     """A linear-Gaussian VAE whose decoder is a PPCA model and whose guide is untrained and
     shrunk towards N(0, 0.7^2 I) for every x: a proposal that ignores the data."""
     x, true = make_ppca(1, D, L, noise_std=0.5, seed=2)
-    vae = build_vae(Dims(D, L, num_data=1), likelihood="gaussian-isotropic", hidden=(),
-                    likelihood_options={"init_scale": 0.5})
-    with torch.no_grad():
-        vae.decoder[0].weight.copy_(true["W"])
-        vae.decoder[0].bias.copy_(true["mu"])
-        for param in vae.posterior.parameters():
-            param.mul_(0.1)
+    vae = linear_gaussian_vae(true, noise_std=0.5)
     return vae, true, x[0]
 
 
