@@ -201,7 +201,7 @@ def train_command(args):
 
 
 def _train(experiment, distributed):
-    from ppl_vae.parts.likelihoods import bits_per_dim
+    from ppl_vae.parts.likelihoods import program_bits_per_dim
 
     if not distributed.is_main():
         experiment.run()
@@ -218,10 +218,8 @@ def _train(experiment, distributed):
           f"on {experiment.device}; writing to {experiment.run_dir}"
           + "".join(f"; {note}" for note in notes), file=sys.stderr)
     last = experiment.run()
-    log_bin_width = getattr(getattr(experiment.program, "likelihood", None), "log_bin_width",
-                            None)
-    bpd = ("" if log_bin_width is None else
-           f", {bits_per_dim(last['test_elbo'], dims.data_dim, log_bin_width):.3f} bits/dim")
+    bpd = program_bits_per_dim(experiment.program, last["test_elbo"], dims.data_dim)
+    bpd = "" if bpd is None else f", {bpd:.3f} bits/dim"
     print(f"epoch {last['epoch']}: train ELBO {last['train_elbo']:.3f}, "
           f"test ELBO {last['test_elbo']:.3f} nats per example{bpd} "
           f"(reconstruction {last['test_recon']:.3f}, KL {last['test_kl']:.3f}); "

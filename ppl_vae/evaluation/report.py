@@ -29,7 +29,7 @@ from ppl_vae.evaluation.likelihood import (
     inference_gaps,
     log_likelihood,
 )
-from ppl_vae.parts.likelihoods import bits_per_dim
+from ppl_vae.parts.likelihoods import program_bits_per_dim
 from ppl_vae.registry import label
 from ppl_vae.vae import VAE
 
@@ -180,9 +180,9 @@ def evaluate_run(run_dir, *, num_samples=5000, gap_points=500, gap_steps=300, de
                           "with --estimator is (the default)")
     else:  # a program of your own: the generic path (ELBO and log p(x) only)
         row.update(_evaluate_program(run.program, data, num_samples, progress))
-    log_bin_width = getattr(getattr(run.program, "likelihood", None), "log_bin_width", None)
-    if log_bin_width is not None:  # beside the nats: the image likelihoods' unit
-        row["bits_per_dim"] = bits_per_dim(row["log_px"], run.dims.data_dim, log_bin_width)
+    bpd = program_bits_per_dim(run.program, row["log_px"], run.dims.data_dim)
+    if bpd is not None:  # beside the nats: the image likelihoods' unit
+        row["bits_per_dim"] = bpd
     row["test_set"] = hashlib.sha1(data.x_test.cpu().numpy().tobytes()).hexdigest()[:16]
     run_dir, suffix = Path(run_dir), "" if ais is None else "_ais"
     paths = write_table([row], run_dir / f"eval{suffix}.md", run_dir / f"eval{suffix}.csv")

@@ -154,6 +154,14 @@ def bits_per_dim(log_likelihood, data_dim, log_bin_width=0.0):
     return -(log_likelihood + data_dim * log_bin_width) / (data_dim * math.log(2))
 
 
+def program_bits_per_dim(program, log_likelihood, data_dim):
+    """:func:`bits_per_dim` for ``program``'s likelihood, or None when it does not model
+    8-bit data (no ``log_bin_width``; a program of your own may have no ``likelihood``)."""
+    log_bin_width = getattr(getattr(program, "likelihood", None), "log_bin_width", None)
+    return None if log_bin_width is None else bits_per_dim(log_likelihood, data_dim,
+                                                             log_bin_width)
+
+
 def _image_layout(dims):
     """(channels C, pixels P per channel) of the data: (1, D) without an image shape."""
     shape = dims.image_shape
