@@ -81,7 +81,6 @@ def elbo_terms(vae, x, y=None, idx=None):
     return {"recon": recon, "kl": kl, "elbo": recon - kl}
 
 
-@torch.no_grad()
 def evaluate_elbo(vae, x, y=None, *, batch_size=1024):
     """Mean ELBO, reconstruction term and KL over a data set, in nats per example.
 
@@ -90,13 +89,14 @@ def evaluate_elbo(vae, x, y=None, *, batch_size=1024):
     dict of float
         ``elbo``, ``recon``, ``kl``: averages over the rows of ``x``.
     """
-    totals = {"recon": 0.0, "kl": 0.0, "elbo": 0.0}
-    for start in range(0, x.shape[0], batch_size):
-        xb = x[start : start + batch_size]
-        yb = None if y is None else y[start : start + batch_size]
-        for key, value in elbo_terms(vae, xb, yb).items():
-            totals[key] += value.sum()
-    return {key: float(total) / x.shape[0] for key, total in totals.items()}
+    with torch.no_grad():
+        totals = {"recon": 0.0, "kl": 0.0, "elbo": 0.0}
+        for start in range(0, x.shape[0], batch_size):
+            xb = x[start : start + batch_size]
+            yb = None if y is None else y[start : start + batch_size]
+            for key, value in elbo_terms(vae, xb, yb).items():
+                totals[key] += value.sum()
+        return {key: float(total) / x.shape[0] for key, total in totals.items()}
 
 
 # ---------------------------------------------------------------- proposals
@@ -227,36 +227,35 @@ def monte_carlo_elbo(vae, x, y=None, *, idx=None, num_samples=ELBO_SAMPLES, prop
                                batch_size=batch_size, max_rows=max_rows, progress=progress)
 
 
-@torch.no_grad()
 def _reduce_log_weights(vae, x, y, proposal, num_samples, how, *, batch_size, max_rows,
                         progress):
-    if num_samples < 1:
-        raise ConfigError(f"num_samples must be >= 1; got {num_samples}")
-    rows = max_rows or MAX_ROWS.get(x.device.type, MAX_ROWS["cuda"])
-    results = []
-    for batch in _batches(len(x), batch_size):
-        xb, yb = x[batch], _rows(y, batch)
-        q = proposal(batch, xb, yb)
-        chunk = max(1, rows // len(xb))
-        total = None
-        for start in range(0, num_samples, chunk):
-            z = q.sample((min(chunk, num_samples - start),))
-            if progress:
-                progress(len(z) * len(xb))
-            log_prior, log_lik = vae(xb, z, yb)
-            log_weights = log_prior + log_lik - q.log_prob(z)
-            if how == "logsumexp":
-                part = log_weights.logsumexp(0)
-                total = part if total is None else torch.logaddexp(total, part)
-            else:
-                part = log_weights.sum(0)
-                total = part if total is None else total + part
-        results.append(total - math.log(num_samples) if how == "logsumexp"
-                       else total / num_samples)
-    return torch.cat(results)
+    with torch.no_grad():
+        if num_samples < 1:
+            raise ConfigError(f"num_samples must be >= 1; got {num_samples}")
+        rows = max_rows or MAX_ROWS.get(x.device.type, MAX_ROWS["cuda"])
+        results = []
+        for batch in _batches(len(x), batch_size):
+            xb, yb = x[batch], _rows(y, batch)
+            q = proposal(batch, xb, yb)
+            chunk = max(1, rows // len(xb))
+            total = None
+            for start in range(0, num_samples, chunk):
+                z = q.sample((min(chunk, num_samples - start),))
+                if progress:
+                    progress(len(z) * len(xb))
+                log_prior, log_lik = vae(xb, z, yb)
+                log_weights = log_prior + log_lik - q.log_prob(z)
+                if how == "logsumexp":
+                    part = log_weights.logsumexp(0)
+                    total = part if total is None else torch.logaddexp(total, part)
+                else:
+                    part = log_weights.sum(0)
+                    total = part if total is None else total + part
+            results.append(total - math.log(num_samples) if how == "logsumexp"
+                           else total / num_samples)
+        return torch.cat(results)
 
 
-@torch.no_grad()
 def active_units(vae, x, y=None, *, idx=None, threshold=0.01, batch_size=1024):
     """Latent dimensions in use: A_j = Cov_x(E_q[z_j | x]) > ``threshold`` (Burda et al. 2016).
 
@@ -267,11 +266,12 @@ def active_units(vae, x, y=None, *, idx=None, threshold=0.01, batch_size=1024):
     variances : Tensor, shape (L,)
         Cov_x(E_q[z_j | x]) for each j, over the rows of ``x``.
     """
-    proposal = guide_proposal(vae, idx)
-    means = torch.cat([proposal(rows, x[rows], _rows(y, rows)).mean
-                       for rows in _batches(len(x), batch_size)])
-    variances = means.var(0)
-    return int((variances > threshold).sum()), variances
+    with torch.no_grad():
+        proposal = guide_proposal(vae, idx)
+        means = torch.cat([proposal(rows, x[rows], _rows(y, rows)).mean
+                           for rows in _batches(len(x), batch_size)])
+        variances = means.var(0)
+        return int((variances > threshold).sum()), variances
 
 
 def inference_gaps(vae, x, y=None, *, idx=None, log_px=None, num_samples=5000,

@@ -198,7 +198,6 @@ class VampPrior(nn.Module):
         if self.init == "data":
             self.init_from_data(x)
 
-    @torch.no_grad()
     def init_from_data(self, x):
         """Set the pseudo-inputs to K data points drawn without replacement from ``x`` (N, D).
 
@@ -209,10 +208,11 @@ class VampPrior(nn.Module):
             raise ConfigError(f"need at least {len(self.raw_pseudo_inputs)} data points to "
                               f"initialise the pseudo-inputs; got {x.shape[0]}")
         rows = x[torch.randperm(x.shape[0], device=x.device)[: len(self.raw_pseudo_inputs)]]
-        rows = rows.to(self.raw_pseudo_inputs)
+        rows = rows.detach().to(self.raw_pseudo_inputs)
         if self.unit_range:
             rows = torch.logit(rows.clamp(1e-3, 1 - 1e-3))
-        self.raw_pseudo_inputs.copy_(rows)
+        with torch.no_grad():
+            self.raw_pseudo_inputs.copy_(rows)
 
     def forward(self):
         if self._encoder is None:
