@@ -2,6 +2,7 @@
 and of the variational mixture (ppl_vae/mixture/bayesian_mixture.py): each pins a line that
 the rest of the suite let change without a failure, against scikit-learn, scipy or numpy."""
 
+import os
 import re
 import warnings
 
@@ -107,7 +108,8 @@ def test_restarts_are_reported_to_the_callback_and_the_best_is_kept():
     with pytest.warns(ConvergenceWarning, match=re.escape(message)) as record:
         gm.fit(X)
     assert len(record) == 1 and str(record[0].message) == message
-    assert record[0].filename == __file__
+    if "MUTANT_UNDER_TEST" not in os.environ:  # mutmut's trampoline adds stack frames
+        assert record[0].filename == __file__
     [(iteration, values)] = seen
     assert iteration == 1 and values.shape == (3,)
     assert len(set(np.round(values, 6))) == 3
