@@ -13,8 +13,13 @@ from scipy.stats import multivariate_normal, multivariate_t
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 from test_mixture_cavi import blobs, constant_gap, sklearn_from, start_resp
 
-from ppl_vae.errors import ConfigError, NotFittedError
-from ppl_vae.mixture import BayesianGaussianMixture, ConvergenceWarning, GaussianMixture
+from ppl_vae.errors import ConfigError, DataError, NotFittedError
+from ppl_vae.mixture import (
+    BayesianGaussianMixture,
+    ConvergenceWarning,
+    DegenerateDataWarning,
+    GaussianMixture,
+)
 
 COVARIANCE_TYPES = ["full", "tied", "diag", "spherical"]
 NOT_CONVERGED = pytest.mark.filterwarnings(
@@ -81,6 +86,20 @@ def test_partial_fit_without_total_samples_says_what_is_missing():
     assert str(info.value) == (
         "partial_fit of the variational mixture needs total_samples, the number of rows of "
         "the data set the batches come from (the posterior depends on it)")
+
+
+@pytest.mark.parametrize("cov_type", ["full", "diag"])
+def test_constant_feature_makes_the_default_covariance_prior_singular(cov_type):
+    """A bug the mutants showed: the bound's log |W_0| failed with advice to raise
+    reg_covar, which the prior does not contain."""
+    X = small_blobs(seed=12)
+    X[:, 1] = 2.0
+    with pytest.warns(DegenerateDataWarning), pytest.raises(DataError) as info:
+        BayesianGaussianMixture(2, covariance_type=cov_type).fit(X)
+    assert str(info.value) == (
+        "the default covariance_prior (the data's covariance) is singular, so the evidence "
+        "lower bound is undefined: some feature is constant or features are collinear; drop "
+        "or combine those features, or pass covariance_prior")
 
 
 def test_default_covariance_prior_of_two_samples_uses_ddof_one():
