@@ -6,7 +6,7 @@ import numpy as np
 import torch
 from sklearn.utils._param_validation import StrOptions
 
-from ppl_vae.errors import ConfigError
+from ppl_vae.errors import ConfigError, DataError
 from ppl_vae.mixture._base import NK_EPS
 from ppl_vae.mixture._covariance import expand_as
 from ppl_vae.mixture._params import POSITIVE
@@ -24,6 +24,20 @@ def _log_wishart_norm(log_det_w, nu, d):
     """log B(W, nu) of the Wishart density (Bishop, PRML B.79); the multivariate log-gamma
     holds the d (d - 1) / 4 log pi term."""
     return -0.5 * nu * log_det_w - 0.5 * nu * d * math.log(2) - torch.mvlgamma(0.5 * nu, d)
+
+
+def _default_covariance_prior(ctx):
+    """The data's covariance in the covariance type's shape; it must be positive definite,
+    since the complete bound holds log |W_0| (unlike scikit-learn's, which drops it)."""
+    cov0 = ctx.cov.project(ctx.covariance())
+    try:
+        ctx.cov.precision_cholesky(cov0, 0.0)
+    except DataError:
+        raise DataError(
+            "the default covariance_prior (the data's covariance) is singular, so the "
+            "evidence lower bound is undefined: some feature is constant or features are "
+            "collinear; drop or combine those features, or pass covariance_prior") from None
+    return cov0
 
 
 def _float_or(value, default):
@@ -225,7 +239,7 @@ class BayesianGaussianMixture(StreamingMixture):
                                   f"{tuple(m0.shape)}")
             m0 = m0 - center
         if self.covariance_prior is None:
-            cov0 = ctx.cov.project(ctx.covariance())
+            cov0 = _default_covariance_prior(ctx)
         else:
             cov0 = ctx.cov.check_prior(torch.as_tensor(
                 np.asarray(self.covariance_prior, dtype=np.float64), device=device), d)
