@@ -128,8 +128,8 @@ def default_float64():
 
 
 def test_results_keep_the_input_dtype(default_float64):
-    """Float32 inputs give float32 results whatever torch's default dtype is (the identity
-    matrices are built in the input's dtype)."""
+    """Float32 inputs give float32 results whatever torch's default dtype is: the identity
+    matrices of the estimates and of to_full are built in the input's dtype."""
     f32 = torch.float32
     cov = torch.as_tensor(_spd((R, K)), dtype=f32)
     u = Full(D).precision_cholesky(cov, 1e-3)
