@@ -209,3 +209,19 @@ def test_joint_latent_broadcasts_the_batch_shapes_of_its_parts(batched):
     normal = stats.norm.logpdf(value[:, :2].numpy(), loc.numpy(), 0.8).sum(-1)
     concrete = concrete_log_density(value[:, 2:].numpy(), logits.numpy(), tau)
     np.testing.assert_allclose(joint.log_prob(value).numpy(), normal + concrete, rtol=1e-5)
+
+
+@pytest.mark.cuda
+def test_vamp_prior_on_cuda_draws_and_scores_on_the_device():
+    """On a GPU the mixture weights are created on the pseudo-inputs' device (else scoring
+    mixes devices), and the pseudo-inputs are drawn with the device's generator, leaving
+    the CPU's random stream untouched."""
+    vae = build_vae(DIMS, prior="vamp", hidden=(4,), prior_options={"num_pseudo_inputs": 5})
+    vae = vae.to("cuda")
+    cpu_state = torch.get_rng_state()
+    vae.prior.init_from_data(unit_rows(8, DIMS.data_dim).to("cuda"))
+    assert torch.equal(torch.get_rng_state(), cpu_state)
+    z = torch.randn(4, DIMS.latent_dim, device="cuda")
+    components = vae.posterior.encode(vae.prior.pseudo_inputs)
+    by_hand = components.log_prob(z[:, None]).logsumexp(-1) - math.log(5)
+    torch.testing.assert_close(vae.prior().log_prob(z), by_hand, rtol=1e-5, atol=1e-5)
