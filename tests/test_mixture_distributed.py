@@ -118,7 +118,8 @@ def torchrun(*args, timeout=180):
     result = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
          *map(str, args)], capture_output=True, text=True, timeout=timeout,
-        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
+        # PYTHONPATH: the workers import this checkout's ppl_vae, not whichever is installed.
+        env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "PYTHONPATH": str(ROOT)})
     assert result.returncode == 0, result.stderr[-3000:]
     return result
 
