@@ -13,7 +13,13 @@ import pytest
 import torch
 
 from ppl_vae.evaluation import likelihood
-from ppl_vae.evaluation.likelihood import active_units, elbo_terms, evaluate_elbo
+from ppl_vae.evaluation.likelihood import (
+    active_units,
+    elbo_terms,
+    evaluate_elbo,
+    log_likelihood,
+    monte_carlo_elbo,
+)
 from ppl_vae.vae import Dims, build_vae
 
 D, L = 4, 2
@@ -137,3 +143,35 @@ def test_training_rows_with_missing_entries_score_only_their_observed_entries():
     density = -0.5 * ((x.numpy() - mean) / sigma) ** 2 - math.log(sigma * math.sqrt(2 * math.pi))
     recon = elbo_terms(vae, x, None, idx)["recon"].detach().numpy()
     np.testing.assert_allclose(recon, (density * observed[idx].numpy()).sum(-1), rtol=1e-10)
+
+
+@pytest.mark.parametrize("estimate", [log_likelihood, monte_carlo_elbo])
+def test_training_indices_pick_the_tables_rows_as_the_proposal(estimate):
+    """With ``idx``, the per-datapoint guide's rows idx[rows] are the proposal: the same
+    numbers as passing those rows' q by hand, draw for draw."""
+    vae = linear_vae(guide="per-datapoint", dims={"num_data": 5})
+    with torch.no_grad():
+        vae.posterior.table.copy_(torch.randn_like(vae.posterior.table))
+    x = torch.randn(3, D, dtype=torch.float64)
+    idx = torch.tensor([4, 0, 2])
+
+    def by_hand(rows, x_rows, y_rows):
+        return vae.encode(x_rows, None, idx[rows])
+
+    pyro.set_rng_seed(1)
+    got = estimate(vae, x, idx=idx, num_samples=7, batch_size=2)
+    pyro.set_rng_seed(1)
+    expected = estimate(vae, x, num_samples=7, batch_size=2, proposal=by_hand)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("estimate, default", [(log_likelihood, 5000), (monte_carlo_elbo, 1000)])
+def test_draws_come_in_chunks_of_max_rows_and_the_default_count(estimate, default):
+    vae = linear_vae()
+    x = torch.randn(2, D, dtype=torch.float64)
+    calls = []
+    estimate(vae, x, num_samples=7, max_rows=6, progress=calls.append)
+    assert calls == [6, 6, 2]  # 3 draws x 2 rows per chunk
+    calls.clear()
+    estimate(vae, x, progress=calls.append)
+    assert sum(calls) == default * len(x)

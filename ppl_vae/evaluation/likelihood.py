@@ -213,7 +213,7 @@ def log_likelihood(vae, x, y=None, *, idx=None, num_samples=5000, proposal=None,
         Nats per example.
     """
     proposal = _proposal_or_guide(vae, proposal, idx)
-    return _reduce_log_weights(vae, x, y, proposal, num_samples, "logsumexp",
+    return _reduce_log_weights(vae, x, y, proposal, num_samples, logsumexp=True,
                                batch_size=batch_size, max_rows=max_rows, progress=progress)
 
 
@@ -223,12 +223,12 @@ def monte_carlo_elbo(vae, x, y=None, *, idx=None, num_samples=ELBO_SAMPLES, prop
     draws of z: the same log weights as :func:`log_likelihood`, averaged instead of
     log-sum-exp'ed. Arguments as there."""
     proposal = _proposal_or_guide(vae, proposal, idx)
-    return _reduce_log_weights(vae, x, y, proposal, num_samples, "mean",
+    return _reduce_log_weights(vae, x, y, proposal, num_samples, logsumexp=False,
                                batch_size=batch_size, max_rows=max_rows, progress=progress)
 
 
-def _reduce_log_weights(vae, x, y, proposal, num_samples, how, *, batch_size, max_rows,
-                        progress):
+def _reduce_log_weights(vae, x, y, proposal, num_samples, *, logsumexp, batch_size,
+                        max_rows, progress):
     with torch.no_grad():
         if num_samples < 1:
             raise ConfigError(f"num_samples must be >= 1; got {num_samples}")
@@ -245,13 +245,13 @@ def _reduce_log_weights(vae, x, y, proposal, num_samples, how, *, batch_size, ma
                     progress(len(z) * len(xb))
                 log_prior, log_lik = vae(xb, z, yb)
                 log_weights = log_prior + log_lik - q.log_prob(z)
-                if how == "logsumexp":
+                if logsumexp:
                     part = log_weights.logsumexp(0)
                     total = part if total is None else torch.logaddexp(total, part)
                 else:
                     part = log_weights.sum(0)
                     total = part if total is None else total + part
-            results.append(total - math.log(num_samples) if how == "logsumexp"
+            results.append(total - math.log(num_samples) if logsumexp
                            else total / num_samples)
         return torch.cat(results)
 
