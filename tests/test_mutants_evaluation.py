@@ -12,6 +12,7 @@ import pyro
 import pytest
 import torch
 
+from ppl_vae.errors import ConfigError
 from ppl_vae.evaluation import likelihood
 from ppl_vae.evaluation.likelihood import (
     active_units,
@@ -175,3 +176,20 @@ def test_draws_come_in_chunks_of_max_rows_and_the_default_count(estimate, defaul
     calls.clear()
     estimate(vae, x, progress=calls.append)
     assert sum(calls) == default * len(x)
+
+
+def test_on_the_cpu_draws_come_in_chunks_of_2048_rows():
+    calls = []
+    log_likelihood(linear_vae(), torch.randn(1, D, dtype=torch.float64), progress=calls.append)
+    assert calls == [2048, 2048, 904]  # MAX_ROWS["cpu"]; K = 5000 for one row
+
+
+@pytest.mark.parametrize("estimate", [log_likelihood, monte_carlo_elbo])
+def test_a_point_mass_guide_is_refused_as_a_proposal(estimate):
+    vae = linear_vae(guide="delta")
+    with pytest.raises(ConfigError) as excinfo:
+        estimate(vae, torch.randn(2, D, dtype=torch.float64))
+    assert str(excinfo.value) == (
+        "the DeltaGuide is a point mass: it has no density, so it cannot be an "
+        "importance-sampling proposal and its objective is not a bound on log p(x); pass "
+        "proposal=fit_optimal_posterior(vae, x) for a fitted one")
