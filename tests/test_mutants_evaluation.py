@@ -174,6 +174,10 @@ def test_draws_come_in_chunks_of_max_rows_and_the_default_count(estimate, defaul
     estimate(vae, x, num_samples=7, max_rows=6, progress=calls.append)
     assert calls == [6, 6, 2]  # 3 draws x 2 rows per chunk
     calls.clear()
+    estimate(vae, torch.randn(4, D, dtype=torch.float64), num_samples=3, max_rows=6,
+             progress=calls.append)
+    assert calls == [4, 4, 4]  # fewer rows than the batch's: one draw per chunk
+    calls.clear()
     estimate(vae, x, progress=calls.append)
     assert sum(calls) == default * len(x)
 
