@@ -23,6 +23,7 @@ def test_steps_see_their_rows_and_labels_and_the_epoch_reports_the_mean_elbo():
     experiment = build(load_config(ROOT / "models" / "cvae.toml", FROZEN), None,
                        progress=False)
     trainer, data, steps = experiment.trainer, experiment.data, []
+    trainer.batch_size = len(data.x_train) - 1  # two steps, the second of one row
     loss_fn = trainer.svi.loss_fn
 
     def recorded(x, y, idx, beta):
@@ -32,6 +33,7 @@ def test_steps_see_their_rows_and_labels_and_the_epoch_reports_the_mean_elbo():
     trainer.svi.loss_fn = recorded
     train_elbo = trainer.train_epoch()
     rows = torch.cat([idx for _, _, idx in steps])
+    assert [len(idx) for _, _, idx in steps] == [len(data.x_train) - 1, 1]
     assert sorted(rows.tolist()) == list(range(len(data.x_train)))
     for x, y, idx in steps:
         assert torch.equal(x, data.x_train[idx]) and torch.equal(y, data.y_train[idx])
