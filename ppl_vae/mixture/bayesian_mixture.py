@@ -26,18 +26,19 @@ def _log_wishart_norm(log_det_w, nu, d):
     return -0.5 * nu * log_det_w - 0.5 * nu * d * math.log(2) - torch.mvlgamma(0.5 * nu, d)
 
 
-def _default_covariance_prior(ctx):
-    """The data's covariance in the covariance type's shape; it must be positive definite,
-    since the complete bound holds log |W_0| (unlike scikit-learn's, which drops it)."""
-    cov0 = ctx.cov.project(ctx.covariance())
+def _log_det_w0(cov, cov0, reg, default):
+    """log |W_0| = -log |cov0| of the Wishart prior, once per fit (the bound holds it, unlike
+    scikit-learn's, which drops it), so cov0 must be positive definite. The default cov0 is
+    the data's covariance: singular when a feature is constant or features are collinear."""
     try:
-        ctx.cov.precision_cholesky(cov0, 0.0)
+        return 2 * cov.log_det_cholesky(cov.precision_cholesky(cov0, reg))
     except DataError:
+        if not default:
+            raise
         raise DataError(
             "the default covariance_prior (the data's covariance) is singular, so the "
             "evidence lower bound is undefined: some feature is constant or features are "
             "collinear; drop or combine those features, or pass covariance_prior") from None
-    return cov0
 
 
 def _float_or(value, default):
@@ -238,12 +239,14 @@ class BayesianGaussianMixture(StreamingMixture):
                 raise ConfigError(f"mean_prior must be {d} finite numbers; got shape "
                                   f"{tuple(m0.shape)}")
             m0 = m0 - center
-        if self.covariance_prior is None:
-            cov0 = _default_covariance_prior(ctx)
+        default = self.covariance_prior is None
+        if default:
+            cov0 = ctx.cov.project(ctx.covariance())
         else:
             cov0 = ctx.cov.check_prior(torch.as_tensor(
                 np.asarray(self.covariance_prior, dtype=np.float64), device=device), d)
-        self._prior = {"alpha0": alpha0, "beta0": beta0, "nu0": nu0, "m0": m0, "cov0": cov0}
+        self._prior = {"alpha0": alpha0, "beta0": beta0, "nu0": nu0, "m0": m0, "cov0": cov0,
+                       "log_det_w0": _log_det_w0(ctx.cov, cov0, self.reg_covar, default)}
         self.weight_concentration_prior_ = alpha0
         self.mean_precision_prior_ = beta0
         self.degrees_of_freedom_prior_ = nu0
@@ -316,8 +319,7 @@ class BayesianGaussianMixture(StreamingMixture):
                 - 0.5 * (nk * cov.quad_form(xk - m, prec_chol)).sum(-1)
                 + (nk * log_pi).sum(-1))
         # E[log p(mu, Lambda)] (10.74)
-        log_det_w0 = 2 * cov.log_det_cholesky(cov.precision_cholesky(prior["cov0"],
-                                                                     self.reg_covar))
+        log_det_w0 = prior["log_det_w0"]
         log_b0 = _log_wishart_norm(log_det_w0.reshape(()), torch.full_like(log_det_w0, nu0)
                                    .reshape(()), d)
         p_theta = (0.5 * (d * math.log(beta0 / (2 * math.pi)) + log_lambda - d * beta0 / beta
